@@ -1,0 +1,34 @@
+"""attnkit: exact, fast attention and attention analysis.
+
+Import as ``import attnkit as ak``. Importing is cheap: Numba kernels are
+imported and compiled on first use, and CUDA is touched only by the CUDA
+backend.
+
+Examples
+--------
+>>> import numpy as np, attnkit as ak
+>>> q = np.random.default_rng(0).standard_normal((8, 4, 16))
+>>> ak.attention(q, q, q).shape
+(8, 4, 16)
+"""
+
+from . import masks, positional
+from ._version import __version__
+from .attention import STAT_NAMES, attention, attention_stats, attention_weights
+from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
+from .options import get_options, set_options
+
+__all__ = [
+    "__version__",
+    "attention",
+    "attention_weights",
+    "attention_stats",
+    "STAT_NAMES",
+    "masks",
+    "positional",
+    "get_options",
+    "set_options",
+    "AttnkitError",
+    "BackendUnavailableError",
+    "WeightsTooLargeError",
+]

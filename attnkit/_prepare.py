@@ -1,0 +1,242 @@
+"""Validate and normalise attention arguments into the kernels' flat form.
+
+Every public attention function funnels through :func:`prepare`, so the rules
+live in one place:
+
+* ``q`` is ``(..., n, d)``, ``k`` is ``(..., m, d)``, ``v`` is ``(..., m, dv)``;
+  ``k`` and ``v`` share their leading (batch) dims.
+* Leading dims broadcast NumPy-style. When the last leading dim (heads)
+  differs and ``k``'s divides ``q``'s, query heads are grouped onto key/value
+  heads (grouped-query attention): query head ``h`` uses kv head
+  ``h // (Hq // Hkv)``.
+* ``q_lengths`` / ``kv_lengths`` are an int or an int array whose shape is a
+  *prefix* of the broadcast batch shape (``(B,)`` for ``(B, H, n, d)``
+  inputs): they are aligned on the left, not the right.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import errors
+from .masks import Mask, causal as causal_mask, combine_all
+
+_FLOATS = (np.float32, np.float64)
+
+
+@dataclass
+class Problem:
+    """Flattened, validated attention problem (see attnkit.kernels.cpu.attention)."""
+
+    q: np.ndarray  # (Zq, n, d), compute dtype, C-contiguous
+    k: np.ndarray  # (Zk, m, d)
+    v: np.ndarray | None  # (Zk, m, dv) or None
+    q_map: np.ndarray  # (Z,) int64
+    kv_map: np.ndarray  # (Z,) int64
+    q_len: np.ndarray  # (Z,) int64
+    kv_len: np.ndarray  # (Z,) int64
+    batch_shape: tuple
+    n: int
+    m: int
+    scale: float
+    ops: np.ndarray
+    aux: np.ndarray
+    n_heads: int
+    score_mod: object  # numba dispatcher or None
+    out_dtype: np.dtype
+
+    @property
+    def n_problems(self) -> int:
+        return int(self.q_map.shape[0])
+
+
+def _as_float_array(name: str, x) -> np.ndarray:
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+        raise errors.BackendUnavailableError(
+            f"{name}: got a GPU array ({type(x).__name__}), but the CUDA backend is not "
+            "available in this version. Fix: copy it to the host first, e.g. "
+            f"{name}.copy_to_host() or np.asarray({name}.get())."
+        )
+    arr = np.asarray(x)
+    kind = arr.dtype.kind
+    if kind != "f" and arr.dtype.name != "bfloat16":
+        raise errors.dtype_error(name, arr.dtype)
+    return arr
+
+
+def _compute_dtype(*arrays: np.ndarray) -> tuple[np.dtype, np.dtype]:
+    """(dtype the kernel computes in, dtype of the result)."""
+    names = {a.dtype.name for a in arrays}
+    if "float64" in names:
+        return np.dtype(np.float64), np.dtype(np.float64)
+    if names <= {"float16"}:
+        return np.dtype(np.float32), np.dtype(np.float16)
+    return np.dtype(np.float32), np.dtype(np.float32)
+
+
+def _check_finite(name: str, arr: np.ndarray) -> None:
+    if not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(
+            f"{name}: expected finite values, got {bad} NaN/inf entries. Fix: clean the "
+            "input, use q_lengths/kv_lengths or a mask for padding, or pass "
+            "check_finite=False if you accept NaN in the output."
+        )
+
+
+def _batch_maps(q_batch: tuple, kv_batch: tuple):
+    """Index maps from the broadcast batch shape to the flat q and kv problems."""
+    kv_ids = np.arange(math.prod(kv_batch), dtype=np.int64).reshape(kv_batch)
+    if (
+        q_batch and kv_batch and q_batch[-1] != kv_batch[-1]
+        and kv_batch[-1] != 1 and q_batch[-1] != 1
+    ):
+        hq, hkv = q_batch[-1], kv_batch[-1]
+        if hq % hkv:
+            raise errors.shape_error(
+                "k", f"a head count dividing q's {hq} heads (grouped-query attention)",
+                f"{hkv} heads in shape {kv_batch}",
+                "give k and v a number of heads that divides q's, or the same number",
+            )
+        kv_ids = np.repeat(kv_ids, hq // hkv, axis=-1)
+    q_ids = np.arange(math.prod(q_batch), dtype=np.int64).reshape(q_batch)
+    try:
+        batch = np.broadcast_shapes(q_ids.shape, kv_ids.shape)
+    except ValueError:
+        raise errors.shape_error(
+            "q, k", "leading (batch/head) dims that broadcast against each other",
+            f"q batch dims {q_batch} and k batch dims {kv_batch}",
+            "make the leading dims equal, or 1 where one side is shared",
+        ) from None
+    q_map = np.ascontiguousarray(np.broadcast_to(q_ids, batch).ravel())
+    kv_map = np.ascontiguousarray(np.broadcast_to(kv_ids, batch).ravel())
+    return batch, q_map, kv_map
+
+
+def _lengths(name: str, lengths, batch: tuple, limit: int, axis: str) -> np.ndarray:
+    size = math.prod(batch)
+    if lengths is None:
+        return np.full(size, limit, dtype=np.int64)
+    arr = np.asarray(lengths)
+    if not (np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
+        raise TypeError(
+            f"{name}: expected integer lengths, got dtype {arr.dtype}. "
+            f"Fix: pass e.g. np.asarray({name}, dtype=np.int64)."
+        )
+    prefix_ok = arr.ndim <= len(batch) and all(
+        size in (1, batch[i]) for i, size in enumerate(arr.shape)
+    )
+    if not prefix_ok:
+        raise errors.shape_error(
+            name, f"a prefix of the batch shape {batch} (left-aligned, e.g. (B,) for "
+            "(B, H, n, d) inputs) or a scalar", arr.shape,
+            "pass one length per sequence in the leading batch dim",
+        )
+    if arr.size and (arr.min() < 0 or arr.max() > limit):
+        raise errors.value_error(
+            name, f"lengths in [0, {limit}] ({axis} = {limit})",
+            f"values from {arr.min()} to {arr.max()}", f"clip them to the {axis} axis",
+        )
+    arr = arr.reshape(arr.shape + (1,) * (len(batch) - arr.ndim))
+    return np.ascontiguousarray(np.broadcast_to(arr, batch).astype(np.int64).ravel())
+
+
+def _jit_score_mod(score_mod, n_heads: int):
+    if score_mod is None:
+        return None
+    heads = getattr(score_mod, "attnkit_heads", None)
+    if heads is not None and heads not in (1, n_heads):
+        raise errors.value_error(
+            "score_mod", f"parameters for {n_heads} heads (the last batch dim)",
+            f"parameters for {heads} heads", "pass one slope / table row per head",
+        )
+    if not callable(score_mod):
+        raise TypeError(
+            f"score_mod: expected a function f(score, b, h, q_idx, kv_idx) -> score, got "
+            f"{type(score_mod).__name__}. Fix: pass a (numba-jittable) function."
+        )
+    from numba.core.registry import CPUDispatcher
+
+    if isinstance(score_mod, CPUDispatcher):
+        return score_mod
+    from numba import njit
+
+    return njit(score_mod)
+
+
+def prepare(
+    q, k, v=None, *, scale=None, causal=False, mask=None, score_mod=None,
+    q_lengths=None, kv_lengths=None, check_finite=True,
+) -> Problem:
+    """Validate attention arguments and return the kernels' :class:`Problem`."""
+    q = _as_float_array("q", q)
+    k = _as_float_array("k", k)
+    arrays = [q, k]
+    if v is not None:
+        v = _as_float_array("v", v)
+        arrays.append(v)
+    for name, arr in zip("qkv", arrays):
+        if arr.ndim < 2:
+            raise errors.shape_error(
+                name, "(..., sequence, features) with at least 2 dims", arr.shape,
+                f"add the sequence axis, e.g. {name}[None, :]",
+            )
+    n, d = q.shape[-2:]
+    m = k.shape[-2]
+    if d == 0:
+        raise errors.shape_error("q", "a feature dim d >= 1", q.shape, "pass non-empty vectors")
+    if k.shape[-1] != d:
+        raise errors.shape_error(
+            "k", f"last dim d = {d} to match q {q.shape}", k.shape,
+            "project q and k to the same head dimension",
+        )
+    if v is not None:
+        if v.shape[-2] != m:
+            raise errors.shape_error(
+                "v", f"{m} positions to match k {k.shape}", v.shape,
+                "pass one value vector per key",
+            )
+        if v.shape[:-2] != k.shape[:-2]:
+            raise errors.shape_error(
+                "v", f"the same leading dims as k, {k.shape[:-2]}", v.shape,
+                "give k and v the same batch and head dims",
+            )
+    if check_finite:
+        for name, arr in zip("qkv", arrays):
+            _check_finite(name, arr)
+    if mask is not None and not isinstance(mask, Mask):
+        raise TypeError(
+            f"mask: expected an attnkit mask, got {type(mask).__name__}. Fix: build one "
+            "with attnkit.masks (causal(), local(w), strided(s), global_tokens(i), "
+            "block_sparse(layout, b)); use q_lengths/kv_lengths for padding."
+        )
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    elif not np.isscalar(scale) or not np.isfinite(scale) or isinstance(scale, (bool, np.bool_)):
+        raise errors.value_error("scale", "a finite float", repr(scale), "pass e.g. 1/sqrt(d)")
+    compute, out_dtype = _compute_dtype(*arrays)
+    batch, q_map, kv_map = _batch_maps(q.shape[:-2], k.shape[:-2])
+    q_len = _lengths("q_lengths", q_lengths, batch, n, "n")
+    kv_len = _lengths("kv_lengths", kv_lengths, batch, m, "m")
+    effective = combine_all([mask, causal_mask() if causal else None])
+    if effective is None:
+        ops, aux = np.zeros((0, 5), np.int64), np.zeros(1, np.int64)
+    else:
+        ops, aux = effective.program(n, m)
+
+    def flat(x, rows, cols):
+        return np.ascontiguousarray(x.reshape((-1, rows, cols)), dtype=compute)
+
+    return Problem(
+        q=flat(q, n, d),
+        k=flat(k, m, d),
+        v=None if v is None else flat(v, m, v.shape[-1]),
+        q_map=q_map, kv_map=kv_map, q_len=q_len, kv_len=kv_len,
+        batch_shape=tuple(batch), n=n, m=m, scale=float(scale), ops=ops, aux=aux,
+        n_heads=int(batch[-1]) if batch else 1,
+        score_mod=_jit_score_mod(score_mod, int(batch[-1]) if batch else 1),
+        out_dtype=out_dtype,
+    )

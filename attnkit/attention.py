@@ -1,0 +1,300 @@
+"""Public attention API: exact softmax attention, its weights and its statistics.
+
+All three functions share one signature for the problem they compute::
+
+    fn(q, k, [v,] *, scale=None, causal=False, mask=None, score_mod=None,
+       q_lengths=None, kv_lengths=None, backend="auto", check_finite=True)
+
+and the same rules for shapes, broadcasting, grouped-query heads, padding and
+masks (see :mod:`attnkit._prepare` and :mod:`attnkit.masks`). They validate,
+pick a backend and call a kernel; the kernels hold the numerics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import errors
+from ._prepare import Problem, prepare
+from .options import get_options
+
+__all__ = ["attention", "attention_weights", "attention_stats", "STAT_NAMES"]
+
+#: Statistics attention_stats can compute (``"max"`` also returns ``"argmax"``).
+STAT_NAMES = ("entropy", "received", "max", "distance")
+
+# Tile sizes of the CPU kernels (queries x keys); tuned with
+# paper/benchmarks/cpu_attention.py on the 2-core reference machine.
+CPU_BLOCK_Q = 64
+CPU_BLOCK_K = 256
+
+_BACKENDS = ("auto", "cpu", "cuda")
+
+
+def _choose_backend(backend: str) -> str:
+    if backend not in _BACKENDS:
+        raise errors.value_error(
+            "backend", "one of 'auto', 'cpu', 'cuda'", repr(backend), "pick one of those"
+        )
+    if backend == "cuda":
+        raise errors.BackendUnavailableError(
+            "backend='cuda': the CUDA kernels are not available in this version. "
+            "Fix: use backend='cpu' (or 'auto')."
+        )
+    return "cpu"
+
+
+def _kernels(problem: Problem):
+    from .kernels.cpu import attention as cpu
+
+    return cpu if problem.score_mod is None else cpu.with_score_mod(problem.score_mod)
+
+
+def _lse(problem: Problem, kern) -> np.ndarray:
+    """Log-sum-exp of every query row, (Z, n), in the compute dtype."""
+    p = problem
+    lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
+    dummy = np.zeros((1, 1, 1), dtype=p.q.dtype)
+    kern.flash_forward(
+        p.q, p.k, dummy, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
+        p.n_heads, False, CPU_BLOCK_Q, CPU_BLOCK_K, dummy, lse,
+    )
+    return lse
+
+
+def attention(
+    q, k, v, *, scale=None, causal=False, mask=None, score_mod=None,
+    q_lengths=None, kv_lengths=None, return_lse=False, backend="auto", check_finite=True,
+):
+    """Exact scaled dot-product attention, computed tile by tile (flash-style).
+
+    ``softmax(scale * q @ k.T + mods, masked) @ v`` without ever holding the
+    ``n x m`` score matrix: extra memory is O(n * d).
+
+    Parameters
+    ----------
+    q : array_like, shape (..., n, d)
+        Queries. float32 or float64; float16/bfloat16 are computed in float32.
+    k : array_like, shape (..., m, d)
+        Keys. Leading dims broadcast against q's; fewer heads than q (dividing
+        q's) gives grouped-query attention.
+    v : array_like, shape (..., m, dv)
+        Values, same leading dims as k.
+    scale : float, optional
+        Multiplies the dot products; default ``1 / sqrt(d)``.
+    causal : bool
+        Shorthand for ``mask & attnkit.masks.causal()`` (query i sees keys <= i).
+    mask : attnkit.masks.Mask, optional
+        Which (query, key) pairs may attend; tiles the mask rules out are skipped.
+    score_mod : callable, optional
+        Numba-jittable ``f(score, b, h, q_idx, kv_idx) -> score`` applied to each
+        scaled score before the softmax (FlexAttention style); ``h`` indexes the
+        last leading dim, ``b`` the flattened dims before it. See
+        :mod:`attnkit.positional` for ALiBi, soft-capping and relative bias.
+    q_lengths, kv_lengths : int or array of int, optional
+        Valid lengths per sequence (shape: a prefix of the batch dims, e.g.
+        ``(B,)``). Padded keys get no weight; padded queries output 0.
+    return_lse : bool
+        Also return the log-sum-exp of each query's scores.
+    backend : {"auto", "cpu", "cuda"}
+        Where to compute; "auto" picks the CPU in this version.
+    check_finite : bool
+        Reject NaN/inf inputs (default True, like SciPy).
+
+    Returns
+    -------
+    out : ndarray, shape (..., n, dv)
+        Attention output, in the inputs' dtype (float16 stays float16). A query
+        whose every key is masked gets 0.
+    lse : ndarray, shape (..., n)
+        Only with ``return_lse``: log-sum-exp per query (``-inf`` if fully
+        masked), float32, or float64 for float64 inputs.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.standard_normal((2, 5, 8)) for _ in range(3))
+    >>> out = ak.attention(q, k, v, causal=True)
+    >>> out.shape
+    (2, 5, 8)
+    >>> bool(np.allclose(out[:, 0], v[:, 0]))   # the first query sees only key 0
+    True
+    """
+    _choose_backend(backend)
+    if v is None:
+        raise TypeError("v: expected an array of values (..., m, dv), got None.")
+    p = prepare(
+        q, k, v, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
+        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite,
+    )
+    dv = p.v.shape[2]
+    out = np.empty((p.n_problems, p.n, dv), dtype=p.q.dtype)
+    lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
+    _kernels(p).flash_forward(
+        p.q, p.k, p.v, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
+        p.n_heads, True, CPU_BLOCK_Q, CPU_BLOCK_K, out, lse,
+    )
+    out = out.reshape(p.batch_shape + (p.n, dv)).astype(p.out_dtype, copy=False)
+    if return_lse:
+        return out, lse.reshape(p.batch_shape + (p.n,))
+    return out
+
+
+def attention_weights(
+    q, k, *, scale=None, causal=False, mask=None, score_mod=None,
+    q_lengths=None, kv_lengths=None, backend="auto", check_finite=True, max_bytes=None,
+):
+    """Exact attention probabilities ``softmax(scale * q @ k.T)``, shape (..., n, m).
+
+    Computed in two passes (log-sum-exp, then ``exp(score - lse)`` tile by
+    tile), so every row sums to 1 up to rounding. Masked, padded and skipped
+    entries are exactly 0; fully masked rows are all 0.
+
+    Parameters
+    ----------
+    q, k, scale, causal, mask, score_mod, q_lengths, kv_lengths, backend, check_finite
+        As in :func:`attention`.
+    max_bytes : int, optional
+        Refuse results larger than this (default: the ``weights_max_bytes``
+        option, 2 GiB; see :func:`attnkit.set_options`).
+
+    Returns
+    -------
+    weights : ndarray, shape (..., n, m)
+        Dims (..., query, key); float32, or float64 for float64 inputs.
+
+    Raises
+    ------
+    WeightsTooLargeError
+        When the result would exceed the budget; use :func:`attention_stats`,
+        which streams the same exact probabilities in O(n + m) memory.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.standard_normal((4, 8)), rng.standard_normal((6, 8))
+    >>> w = ak.attention_weights(q, k)
+    >>> w.shape, bool(np.allclose(w.sum(-1), 1.0))
+    ((4, 6), True)
+    """
+    _choose_backend(backend)
+    p = prepare(
+        q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
+        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite,
+    )
+    budget = get_options()["weights_max_bytes"] if max_bytes is None else int(max_bytes)
+    need = p.n_problems * p.n * p.m * p.q.dtype.itemsize
+    if need > budget:
+        raise errors.WeightsTooLargeError(
+            f"attention_weights: the result needs {need / 2**30:.2f} GiB "
+            f"({p.batch_shape + (p.n, p.m)} x {p.q.dtype}), over the budget of "
+            f"{budget / 2**30:.2f} GiB. Fix: use attnkit.attention_stats for entropy, "
+            "received attention, max/top-k and distance in O(n + m) memory, or raise the "
+            "budget with max_bytes=... or attnkit.set_options(weights_max_bytes=...)."
+        )
+    kern = _kernels(p)
+    lse = _lse(p, kern)
+    out = np.zeros((p.n_problems, p.n, p.m), dtype=p.q.dtype)
+    kern.exact_weights(
+        p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
+        p.n_heads, lse, CPU_BLOCK_Q, CPU_BLOCK_K, out,
+    )
+    return out.reshape(p.batch_shape + (p.n, p.m))
+
+
+def _check_stats(stats, topk):
+    if isinstance(stats, str):
+        stats = (stats,)
+    stats = tuple(stats)
+    unknown = [s for s in stats if s not in STAT_NAMES]
+    if unknown:
+        raise errors.value_error(
+            "stats", f"names from {STAT_NAMES}", unknown, "remove or respell them"
+        )
+    if isinstance(topk, (bool, np.bool_)) or not isinstance(topk, (int, np.integer)) or topk < 0:
+        raise errors.value_error("topk", "an int >= 0", repr(topk), "pass e.g. topk=5")
+    return stats, int(topk)
+
+
+def attention_stats(
+    q, k, *, scale=None, causal=False, mask=None, score_mod=None,
+    q_lengths=None, kv_lengths=None, backend="auto", check_finite=True,
+    stats=STAT_NAMES, topk=0,
+):
+    """Exact statistics of the attention probabilities without storing them.
+
+    A first pass computes each query's log-sum-exp; later passes recompute the
+    exact probabilities tile by tile and reduce them, so memory stays
+    O(n + m) per head whatever the length.
+
+    Parameters
+    ----------
+    q, k, scale, causal, mask, score_mod, q_lengths, kv_lengths, backend, check_finite
+        As in :func:`attention`.
+    stats : sequence of str
+        Any of ``"entropy"``, ``"received"``, ``"max"``, ``"distance"``.
+    topk : int
+        Also return the ``topk`` most attended keys of every query.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``"entropy"`` (..., n): ``-sum p log p`` in nats (0 for masked rows).
+        ``"received"`` (..., m): attention each key receives, summed over valid queries.
+        ``"max"`` (..., n) and ``"argmax"`` (..., n): largest probability and its
+        key (first on ties; -1 for fully masked rows).
+        ``"distance"`` (..., n): mean attention distance ``sum_j p_ij |i - j|``.
+        ``"topk_index"`` / ``"topk_value"`` (..., n, topk) when ``topk > 0``:
+        keys by descending probability (-1 / 0 where fewer keys exist).
+        Floats are float64.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.standard_normal((3, 7, 16)), rng.standard_normal((3, 7, 16))
+    >>> st = ak.attention_stats(q, k, causal=True, topk=2)
+    >>> sorted(st)
+    ['argmax', 'distance', 'entropy', 'max', 'received', 'topk_index', 'topk_value']
+    >>> float(st["entropy"][0, 0])   # the first query can only see key 0
+    0.0
+    >>> bool(np.allclose(st["received"].sum(-1), 7))   # each query hands out 1
+    True
+    """
+    _choose_backend(backend)
+    stats, topk = _check_stats(stats, topk)
+    p = prepare(
+        q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
+        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite,
+    )
+    kern = _kernels(p)
+    lse = _lse(p, kern).astype(np.float64)
+    z, n, m = p.n_problems, p.n, p.m
+    common = (p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
+              p.n_heads)
+    result: dict[str, np.ndarray] = {}
+    per_query = {"entropy", "max", "distance"} & set(stats)
+    if per_query or topk:
+        entropy, maxprob, distance = (np.empty((z, n)) for _ in range(3))
+        argmax = np.empty((z, n), dtype=np.int64)
+        top_i = np.empty((z, n, topk), dtype=np.int64)
+        top_v = np.empty((z, n, topk))
+        kern.query_stats(*common, lse, CPU_BLOCK_Q, CPU_BLOCK_K,
+                         entropy, maxprob, argmax, distance, top_i, top_v)
+        per_query_out = {"entropy": entropy, "max": maxprob, "argmax": argmax,
+                         "distance": distance}
+        for name in stats:
+            if name in per_query:
+                result[name] = per_query_out[name]
+        if "max" in stats:
+            result["argmax"] = argmax
+        if topk:
+            result["topk_index"], result["topk_value"] = top_i, top_v
+    if "received" in stats:
+        received = np.empty((z, m))
+        kern.key_received(*common, lse, CPU_BLOCK_Q, CPU_BLOCK_K, received)
+        result["received"] = received
+    batch = p.batch_shape
+    return {name: arr.reshape(batch + arr.shape[1:]) for name, arr in result.items()}

@@ -1,0 +1,369 @@
+"""Tiled (flash-style) attention kernels for the CPU.
+
+No validation happens here: :mod:`attnkit.attention` checks and normalises the
+arguments and allocates the outputs. Conventions shared by every kernel:
+
+* ``q`` is ``(Zq, n, d)``, ``k`` is ``(Zk, m, d)``, ``v`` is ``(Zk, m, dv)``,
+  all C-contiguous and of one float dtype. Problem ``z`` (``0 <= z < Z``)
+  uses ``q[q_map[z]]`` against ``k[kv_map[z]]`` / ``v[kv_map[z]]``; this is
+  how broadcasting and grouped-query attention reach the kernels.
+* ``q_len[z]`` / ``kv_len[z]`` are the valid lengths; positions past them are
+  padding: padded keys get no probability, padded queries are fully masked.
+* ``ops`` / ``aux`` is a compiled mask (see :mod:`.masking`).
+* ``score_mod(score, b, h, q_idx, kv_idx)`` is applied to each scaled,
+  unmasked score, with ``b = z // n_heads`` and ``h = z % n_heads``. It is a
+  module global (see :func:`with_score_mod`), not an argument, so that the
+  default kernels can be cached on disk.
+* A fully masked query row has output 0, log-sum-exp ``-inf`` and zero
+  probabilities everywhere: never NaN.
+
+Work is split over (problem, query tile) with ``prange``; each output
+element is written by exactly one iteration, so results are bit-identical
+from run to run. Tile products go through BLAS via ``np.dot`` on contiguous
+blocks (keys and values are zero-copy views of the flat inputs).
+"""
+
+import functools
+import types
+
+import numpy as np
+from numba import njit, prange
+
+from .masking import EMPTY, PARTIAL, mask_allows, tile_state
+
+
+@njit(cache=True, nogil=True)
+def no_score_mod(score, b, h, q_idx, kv_idx):
+    """Identity score_mod, used when the caller gives none."""
+    return score
+
+
+# The kernels call the module globals ``score_mod`` / ``HAS_SCORE_MOD``, which
+# Numba freezes at compile time. The defaults below give the disk-cached
+# kernels; :func:`with_score_mod` re-jits copies with these rebound.
+score_mod = no_score_mod
+HAS_SCORE_MOD = False
+
+
+@njit(cache=True, nogil=True)
+def _rows(x, z, start, stop):
+    """Rows [start, stop) of problem z of a C-contiguous (Z, rows, cols) array, no copy."""
+    cols = x.shape[2]
+    flat = x.reshape(-1)
+    base = z * x.shape[1] * cols
+    return flat[base + start * cols: base + stop * cols].reshape(stop - start, cols)
+
+
+@njit(cache=True, nogil=True)
+def _load_scaled_queries(q, zq, q0, q1, scale, out):
+    """Copy queries [q0, q1) of problem zq into out[:q1-q0], multiplied by scale."""
+    d = q.shape[2]
+    for i in range(q1 - q0):
+        for c in range(d):
+            out[i, c] = q[zq, q0 + i, c] * scale
+
+
+@njit(cache=True, nogil=True)
+def _score_tile(qs, kb, s, state, b, h, q0, k0, ops, aux):
+    """Scores of a tile into s (bq, bk): dot products, then score_mod, then the mask.
+
+    Masked entries become -inf. ``qs`` must already hold scaled queries.
+    """
+    np.dot(qs, kb.T, s)
+    if HAS_SCORE_MOD or state == PARTIAL:
+        neg_inf = -np.inf
+        for i in range(s.shape[0]):
+            for j in range(s.shape[1]):
+                if state == PARTIAL and not mask_allows(ops, aux, q0 + i, k0 + j):
+                    s[i, j] = neg_inf
+                elif HAS_SCORE_MOD:
+                    s[i, j] = score_mod(s[i, j], b, h, q0 + i, k0 + j)
+
+
+@njit(cache=True, nogil=True)
+def _tile_view(buf, rows, cols):
+    """A C-contiguous (rows, cols) view at the start of a flat buffer."""
+    return buf[: rows * cols].reshape(rows, cols)
+
+
+@njit(parallel=True, cache=True)
+def flash_forward(
+    q, k, v, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
+    with_values, block_q, block_k, out, lse,
+):
+    """Online-softmax forward pass: ``out`` (Z, n, dv) and ``lse`` (Z, n).
+
+    With ``with_values`` false only ``lse`` is computed (``v`` and ``out`` are
+    ignored): this is the first pass of the exact-weights and stats kernels.
+    """
+    n_problems = q_map.shape[0]
+    n = q.shape[1]
+    d = q.shape[2]
+    dv = v.shape[2]
+    n_qt = (n + block_q - 1) // block_q
+    dt = q.dtype
+    for task in prange(n_problems * n_qt):
+        z = task // n_qt
+        q0 = (task % n_qt) * block_q
+        zq = q_map[z]
+        zk = kv_map[z]
+        b = z // n_heads
+        h = z % n_heads
+        q1 = min(q0 + block_q, n)
+        bq = q1 - q0
+        valid_q = min(q1, q_len[z]) - q0  # rows at or past q_len are padding
+        m_i = np.full(bq, -np.inf, dtype=dt)
+        l_i = np.zeros(bq, dtype=np.float64)
+        acc = np.zeros((bq, dv), dtype=dt)
+        if valid_q > 0:
+            qs = np.empty((valid_q, d), dtype=dt)
+            _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
+            s_buf = np.empty(valid_q * block_k, dtype=dt)
+            pv_buf = np.empty(valid_q * dv, dtype=dt)
+            m_len = kv_len[z]
+            for k0 in range(0, m_len, block_k):
+                k1 = min(k0 + block_k, m_len)
+                state = tile_state(ops, aux, q0, q0 + valid_q, k0, k1)
+                if state == EMPTY:
+                    continue
+                bk = k1 - k0
+                s = _tile_view(s_buf, valid_q, bk)
+                _score_tile(qs, _rows(k, zk, k0, k1), s, state, b, h, q0, k0,
+                            ops, aux)
+                for i in range(valid_q):
+                    row_max = -np.inf
+                    for j in range(bk):
+                        if s[i, j] > row_max:
+                            row_max = s[i, j]
+                    m_new = max(m_i[i], row_max)
+                    if m_new == -np.inf:  # everything so far masked
+                        for j in range(bk):
+                            s[i, j] = 0.0
+                        continue
+                    alpha = np.exp(m_i[i] - m_new)
+                    row_sum = 0.0
+                    for j in range(bk):
+                        p = np.exp(s[i, j] - m_new)
+                        s[i, j] = p
+                        row_sum += p
+                    l_i[i] = l_i[i] * alpha + row_sum
+                    m_i[i] = m_new
+                    if with_values:
+                        for c in range(dv):
+                            acc[i, c] *= alpha
+                if with_values:
+                    pv = _tile_view(pv_buf, valid_q, dv)
+                    np.dot(s, _rows(v, zk, k0, k1), pv)
+                    for i in range(valid_q):
+                        for c in range(dv):
+                            acc[i, c] += pv[i, c]
+        for i in range(bq):
+            if l_i[i] > 0.0:
+                lse[z, q0 + i] = m_i[i] + np.log(l_i[i])
+                if with_values:
+                    inv = 1.0 / l_i[i]
+                    for c in range(dv):
+                        out[z, q0 + i, c] = acc[i, c] * inv
+            else:
+                lse[z, q0 + i] = -np.inf
+                if with_values:
+                    for c in range(dv):
+                        out[z, q0 + i, c] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def exact_weights(
+    q, k, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
+    lse, block_q, block_k, out,
+):
+    """Exact probabilities ``exp(score - lse)`` into ``out`` (Z, n, m).
+
+    ``out`` must arrive zero-filled: skipped tiles, padding and fully masked
+    rows are left at zero.
+    """
+    n_problems = q_map.shape[0]
+    n = q.shape[1]
+    d = q.shape[2]
+    n_qt = (n + block_q - 1) // block_q
+    dt = q.dtype
+    for task in prange(n_problems * n_qt):
+        z = task // n_qt
+        q0 = (task % n_qt) * block_q
+        zq = q_map[z]
+        zk = kv_map[z]
+        valid_q = min(q0 + block_q, n, q_len[z]) - q0
+        if valid_q <= 0:
+            continue
+        qs = np.empty((valid_q, d), dtype=dt)
+        _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
+        s_buf = np.empty(valid_q * block_k, dtype=dt)
+        m_len = kv_len[z]
+        for k0 in range(0, m_len, block_k):
+            k1 = min(k0 + block_k, m_len)
+            state = tile_state(ops, aux, q0, q0 + valid_q, k0, k1)
+            if state == EMPTY:
+                continue
+            s = _tile_view(s_buf, valid_q, k1 - k0)
+            _score_tile(qs, _rows(k, zk, k0, k1), s, state, z // n_heads, z % n_heads,
+                        q0, k0, ops, aux)
+            for i in range(valid_q):
+                row_lse = lse[z, q0 + i]
+                if row_lse == -np.inf:
+                    continue
+                for j in range(k1 - k0):
+                    out[z, q0 + i, k0 + j] = np.exp(s[i, j] - row_lse)
+
+
+@njit(parallel=True, cache=True)
+def query_stats(
+    q, k, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
+    lse, block_q, block_k,
+    entropy, maxprob, argmax, distance, topk_index, topk_value,
+):
+    """Per-query statistics from exact probabilities, one tile at a time.
+
+    Writes, for every (z, query): entropy ``-sum p log p`` (nats), the largest
+    probability and its key (first on ties, -1 for masked rows), the mean
+    attention distance ``sum p |i - j|``, and the ``topk_index.shape[2]``
+    most attended keys (descending; index -1 / value 0 where fewer exist).
+    """
+    n_problems = q_map.shape[0]
+    n = q.shape[1]
+    d = q.shape[2]
+    topk = topk_index.shape[2]
+    n_qt = (n + block_q - 1) // block_q
+    dt = q.dtype
+    for task in prange(n_problems * n_qt):
+        z = task // n_qt
+        q0 = (task % n_qt) * block_q
+        zq = q_map[z]
+        zk = kv_map[z]
+        q1 = min(q0 + block_q, n)
+        bq = q1 - q0
+        valid_q = min(q1, q_len[z]) - q0
+        ent = np.zeros(bq, dtype=np.float64)
+        dist = np.zeros(bq, dtype=np.float64)
+        best = np.zeros(bq, dtype=np.float64)
+        best_at = np.full(bq, -1, dtype=np.int64)
+        top_v = np.zeros((bq, topk), dtype=np.float64)
+        top_i = np.full((bq, topk), -1, dtype=np.int64)
+        if valid_q > 0:
+            qs = np.empty((valid_q, d), dtype=dt)
+            _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
+            s_buf = np.empty(valid_q * block_k, dtype=dt)
+            m_len = kv_len[z]
+            for k0 in range(0, m_len, block_k):
+                k1 = min(k0 + block_k, m_len)
+                state = tile_state(ops, aux, q0, q0 + valid_q, k0, k1)
+                if state == EMPTY:
+                    continue
+                s = _tile_view(s_buf, valid_q, k1 - k0)
+                _score_tile(qs, _rows(k, zk, k0, k1), s, state, z // n_heads, z % n_heads,
+                            q0, k0, ops, aux)
+                for i in range(valid_q):
+                    row_lse = lse[z, q0 + i]
+                    if row_lse == -np.inf:
+                        continue
+                    qi = q0 + i
+                    for j in range(k1 - k0):
+                        sc = s[i, j]
+                        if sc == -np.inf:
+                            continue
+                        p = np.exp(np.float64(sc) - row_lse)
+                        if p == 0.0:
+                            continue
+                        kj = k0 + j
+                        ent[i] += p * (row_lse - sc)
+                        dist[i] += p * abs(qi - kj)
+                        if p > best[i]:
+                            best[i] = p
+                            best_at[i] = kj
+                        if topk > 0 and p > top_v[i, topk - 1]:
+                            pos = topk - 1
+                            while pos > 0 and p > top_v[i, pos - 1]:
+                                top_v[i, pos] = top_v[i, pos - 1]
+                                top_i[i, pos] = top_i[i, pos - 1]
+                                pos -= 1
+                            top_v[i, pos] = p
+                            top_i[i, pos] = kj
+        for i in range(bq):
+            entropy[z, q0 + i] = max(ent[i], 0.0)
+            distance[z, q0 + i] = dist[i]
+            maxprob[z, q0 + i] = best[i]
+            argmax[z, q0 + i] = best_at[i]
+            for t in range(topk):
+                topk_value[z, q0 + i, t] = top_v[i, t]
+                topk_index[z, q0 + i, t] = top_i[i, t]
+
+
+@njit(parallel=True, cache=True)
+def key_received(
+    q, k, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
+    lse, block_q, block_k, received,
+):
+    """Attention received by each key, ``sum_i p[i, j]``, into ``received`` (Z, m).
+
+    Parallel over key tiles, so every column sum is accumulated by one
+    iteration in a fixed order (deterministic, no per-thread buffers).
+    """
+    n_problems = q_map.shape[0]
+    m = k.shape[1]
+    d = q.shape[2]
+    n_kt = (m + block_k - 1) // block_k
+    dt = q.dtype
+    for task in prange(n_problems * n_kt):
+        z = task // n_kt
+        k0 = (task % n_kt) * block_k
+        zq = q_map[z]
+        zk = kv_map[z]
+        k1 = min(k0 + block_k, m)
+        col = np.zeros(k1 - k0, dtype=np.float64)
+        valid_k1 = min(k1, kv_len[z])
+        if valid_k1 > k0:
+            kb = _rows(k, zk, k0, valid_k1)
+            bk = valid_k1 - k0
+            qs = np.empty((block_q, d), dtype=dt)
+            s_buf = np.empty(block_q * bk, dtype=dt)
+            n_valid = q_len[z]
+            for q0 in range(0, n_valid, block_q):
+                q1 = min(q0 + block_q, n_valid)
+                state = tile_state(ops, aux, q0, q1, k0, valid_k1)
+                if state == EMPTY:
+                    continue
+                bq = q1 - q0
+                qv = _tile_view(qs.reshape(-1), bq, d)
+                _load_scaled_queries(q, zq, q0, q1, scale, qv)
+                s = _tile_view(s_buf, bq, bk)
+                _score_tile(qv, kb, s, state, z // n_heads, z % n_heads,
+                            q0, k0, ops, aux)
+                for i in range(bq):
+                    row_lse = lse[z, q0 + i]
+                    if row_lse == -np.inf:
+                        continue
+                    for j in range(bk):
+                        col[j] += np.exp(np.float64(s[i, j]) - row_lse)
+        for j in range(k1 - k0):
+            received[z, k0 + j] = col[j]
+
+
+_KERNELS = ("_score_tile", "flash_forward", "exact_weights", "query_stats", "key_received")
+
+
+@functools.lru_cache(maxsize=32)
+def with_score_mod(fn):
+    """Kernels specialised for the jitted ``fn(score, b, h, q_idx, kv_idx)``.
+
+    Returns a namespace with the same kernel names as this module. The copies
+    are compiled on first use and not cached on disk: a disk cache keyed on a
+    function object could hand one process another function's constants.
+    """
+    namespace = dict(globals())
+    namespace["score_mod"] = fn
+    namespace["HAS_SCORE_MOD"] = True
+    for name in _KERNELS:
+        original = globals()[name]
+        py = original.py_func
+        clone = types.FunctionType(py.__code__, namespace, py.__name__, py.__defaults__)
+        options = {k: v for k, v in original.targetoptions.items() if k not in ("cache", "nopython")}
+        namespace[name] = njit(**options)(clone)
+    return types.SimpleNamespace(**{name: namespace[name] for name in _KERNELS})

@@ -1,0 +1,168 @@
+"""Numba evaluation of mask programs built by :meth:`attnkit.masks.Mask.program`.
+
+Two questions are answered from the same postfix program:
+
+* ``mask_allows``: may query ``qi`` attend to key ``kj``?
+* ``tile_state``: for a tile of queries ``[q0, q1)`` x keys ``[k0, k1)``, is
+  the mask EMPTY (nothing allowed), FULL (everything allowed) or PARTIAL?
+  This uses three-valued (Kleene) logic: with EMPTY=0, PARTIAL=1, FULL=2,
+  ``and`` is ``min``, ``or`` is ``max`` and ``not`` is ``2 - x``. The answer
+  is conservative: PARTIAL is always safe, EMPTY and FULL must be exact.
+
+An empty program (no ops) allows everything.
+"""
+
+import numpy as np
+from numba import njit
+
+# Opcodes: keep in sync with attnkit/masks.py.
+OP_ALL = 0
+OP_CAUSAL = 1
+OP_LOCAL = 2
+OP_STRIDED = 3
+OP_GLOBAL = 4
+OP_BLOCK = 5
+OP_AND = 6
+OP_OR = 7
+OP_NOT = 8
+
+EMPTY = 0
+PARTIAL = 1
+FULL = 2
+
+_STACK = 16  # == attnkit.masks.MAX_STACK_DEPTH
+
+
+@njit(cache=True, nogil=True)
+def _leaf_allows(op, a, b, c, d, aux, qi, kj):
+    if op == OP_ALL:
+        return True
+    if op == OP_CAUSAL:
+        return kj <= qi + a
+    if op == OP_LOCAL:
+        return abs(qi - kj) < a
+    if op == OP_STRIDED:
+        return (qi - kj) % a == 0
+    if op == OP_GLOBAL:
+        return (qi < c and aux[a + qi] != 0) or (kj < c and aux[a + kj] != 0)
+    if op == OP_BLOCK:
+        r = qi // a
+        s = kj // a
+        if r >= c or s >= d:
+            return False
+        return aux[b + r * d + s] != 0
+    return False
+
+
+@njit(cache=True, nogil=True)
+def mask_allows(ops, aux, qi, kj):
+    """Evaluate the mask program at one (query, key) pair."""
+    n_ops = ops.shape[0]
+    if n_ops == 0:
+        return True
+    stack = np.empty(_STACK, dtype=np.bool_)
+    top = 0
+    for t in range(n_ops):
+        op = ops[t, 0]
+        if op == OP_AND:
+            top -= 1
+            stack[top - 1] = stack[top - 1] and stack[top]
+        elif op == OP_OR:
+            top -= 1
+            stack[top - 1] = stack[top - 1] or stack[top]
+        elif op == OP_NOT:
+            stack[top - 1] = not stack[top - 1]
+        else:
+            stack[top] = _leaf_allows(op, ops[t, 1], ops[t, 2], ops[t, 3], ops[t, 4], aux, qi, kj)
+            top += 1
+    return stack[0]
+
+
+@njit(cache=True, nogil=True)
+def _count(prefix_at, length, aux, lo, hi):
+    """Number of global flags set in positions [lo, hi), clipped to the flag range."""
+    if hi > length:
+        hi = length
+    if lo >= hi:
+        return 0
+    return aux[prefix_at + hi] - aux[prefix_at + lo]
+
+
+@njit(cache=True, nogil=True)
+def _leaf_state(op, a, b, c, d, aux, q0, q1, k0, k1):
+    # Tiles are non-empty: q0 < q1 and k0 < k1; the last query is q1 - 1.
+    if op == OP_ALL:
+        return FULL
+    if op == OP_CAUSAL:
+        if k1 - 1 <= q0 + a:
+            return FULL
+        if k0 > q1 - 1 + a:
+            return EMPTY
+        return PARTIAL
+    if op == OP_LOCAL:
+        far = max(abs(q0 - (k1 - 1)), abs((q1 - 1) - k0))
+        if far < a:
+            return FULL
+        if q1 - 1 < k0:
+            near = k0 - (q1 - 1)
+        elif k1 - 1 < q0:
+            near = q0 - (k1 - 1)
+        else:
+            near = 0
+        if near >= a:
+            return EMPTY
+        return PARTIAL
+    if op == OP_STRIDED:
+        if a == 1:
+            return FULL
+        if q1 - q0 == 1 and k1 - k0 == 1:
+            return FULL if (q0 - k0) % a == 0 else EMPTY
+        return PARTIAL
+    if op == OP_GLOBAL:
+        nq = _count(b, c, aux, q0, q1)
+        nk = _count(b, c, aux, k0, k1)
+        if nq == q1 - q0 or nk == k1 - k0:
+            return FULL
+        if nq == 0 and nk == 0:
+            return EMPTY
+        return PARTIAL
+    if op == OP_BLOCK:
+        any_on = False
+        all_on = True
+        for r in range(q0 // a, (q1 - 1) // a + 1):
+            for s in range(k0 // a, (k1 - 1) // a + 1):
+                on = r < c and s < d and aux[b + r * d + s] != 0
+                any_on = any_on or on
+                all_on = all_on and on
+        if all_on:
+            return FULL
+        if not any_on:
+            return EMPTY
+        return PARTIAL
+    return PARTIAL
+
+
+@njit(cache=True, nogil=True)
+def tile_state(ops, aux, q0, q1, k0, k1):
+    """Classify the tile [q0, q1) x [k0, k1) as EMPTY, PARTIAL or FULL."""
+    n_ops = ops.shape[0]
+    if n_ops == 0:
+        return FULL
+    stack = np.empty(_STACK, dtype=np.int64)
+    top = 0
+    for t in range(n_ops):
+        op = ops[t, 0]
+        if op == OP_AND:
+            top -= 1
+            stack[top - 1] = min(stack[top - 1], stack[top])
+        elif op == OP_OR:
+            top -= 1
+            stack[top - 1] = max(stack[top - 1], stack[top])
+        elif op == OP_NOT:
+            stack[top - 1] = 2 - stack[top - 1]
+        else:
+            stack[top] = _leaf_state(
+                op, ops[t, 1], ops[t, 2], ops[t, 3], ops[t, 4], aux, q0, q1, k0, k1
+            )
+            top += 1
+    return stack[0]
