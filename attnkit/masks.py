@@ -33,6 +33,7 @@ __all__ = [
     "strided",
     "global_tokens",
     "block_sparse",
+    "parse",
 ]
 
 # Opcodes of the mask program. Each row of the program is (opcode, a, b, c, d).
@@ -432,3 +433,69 @@ def combine_all(masks) -> Mask | None:
     """``&`` of an iterable of masks, ignoring ``None``; ``None`` if nothing is left."""
     present = [m for m in masks if m is not None]
     return reduce(lambda a, b: a & b, present) if present else None
+
+
+_PARSERS = {
+    "causal": lambda arg: causal(int(arg) if arg else 0),
+    "full": lambda arg: full(),
+    "local": lambda arg: local(int(arg)),
+    "strided": lambda arg: strided(int(arg)),
+    "global": lambda arg: global_tokens([int(i) for i in arg.split(",") if i]),
+}
+
+
+def parse(spec: str) -> Mask:
+    """Build a mask from text such as ``"local:256&causal"`` (for the CLI).
+
+    Terms are ``causal[:offset]``, ``full``, ``local:W``, ``strided:S`` and
+    ``global:i,j,...``, optionally prefixed by ``~``, joined by ``&`` or ``|``
+    and read left to right (no precedence, no parentheses).
+
+    Examples
+    --------
+    >>> import attnkit as ak
+    >>> ak.masks.parse("local:2&causal").dense(3).astype(int)
+    array([[1, 0, 0],
+           [1, 1, 0],
+           [0, 1, 1]])
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise value_error("mask spec", "text like 'local:256&causal'", repr(spec), "see masks.parse")
+    tokens = [t for t in _split(spec.replace(" ", "")) if t]
+    result: Mask | None = None
+    pending = "&"
+    for token in tokens:
+        if token in "&|":
+            pending = token
+            continue
+        negate = token.startswith("~")
+        name, _, arg = token.lstrip("~").partition(":")
+        if name not in _PARSERS:
+            raise value_error(
+                "mask spec", f"terms from {sorted(_PARSERS)}", repr(token),
+                "write e.g. 'local:256', 'strided:64', 'global:0', 'causal'",
+            )
+        try:
+            term = _PARSERS[name](arg)
+        except ValueError as exc:
+            if "Fix:" in str(exc):
+                raise
+            raise value_error("mask spec", f"an integer argument for {name!r}", repr(arg),
+                              f"write e.g. '{name}:16'") from None
+        term = ~term if negate else term
+        result = term if result is None else (result & term if pending == "&" else result | term)
+    if result is None:
+        raise value_error("mask spec", "at least one term", repr(spec), "write e.g. 'causal'")
+    return result
+
+
+def _split(spec: str):
+    token = ""
+    for ch in spec:
+        if ch in "&|":
+            yield token
+            yield ch
+            token = ""
+        else:
+            token += ch
+    yield token

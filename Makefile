@@ -1,0 +1,36 @@
+# Set-up and entry points. Both `make demo` and `make test` work on a fresh
+# machine with only python3 and make: they create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Stamps re-run the install when pyproject.toml changes.
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[test,gpu]"
+	touch $@
+
+# The main job on the shipped default data.
+demo: $(VENV)/.run-deps
+	$(BIN)/attnkit attend datasets/demo/planted_heads.npz --causal --topk 3 -o out/demo.npz
+
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# Benchmarks write paper/results/*.json. torch is an optional peer.
+bench: $(VENV)/.test-deps
+	$(BIN)/python paper/benchmarks/cpu_attention.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from attnkit_cli.main import cli
+
+cli(prog_name="attnkit")

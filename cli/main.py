@@ -1,0 +1,51 @@
+"""The ``attnkit`` click group.
+
+Subcommands live in their own modules and are imported only when invoked, so
+``attnkit --help`` and ``attnkit --version`` never import Numba or CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from attnkit._version import __version__
+
+# command name -> (module, attribute, one-line help shown by --help)
+COMMANDS = {
+    "attend": ("attnkit_cli.attend", "attend", "Compute attention on saved q/k/v tensors."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="attnkit")
+def cli():
+    """attnkit: exact, fast attention and attention analysis.
+
+    \b
+    Example:
+      attnkit attend datasets/demo/planted_heads.npz --causal --stats
+    """
+
+
+def main():  # pragma: no cover - console entry point alias
+    cli(prog_name="attnkit")
