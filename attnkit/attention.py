@@ -25,7 +25,7 @@ STAT_NAMES = ("entropy", "received", "max", "distance")
 
 # Tile sizes of the CPU kernels (queries x keys); tuned with
 # paper/benchmarks/cpu_attention.py on the 2-core reference machine.
-CPU_BLOCK_Q = 64
+CPU_BLOCK_Q = 128
 CPU_BLOCK_K = 256
 
 _BACKENDS = ("auto", "cpu", "cuda")
@@ -44,10 +44,28 @@ def _choose_backend(backend: str) -> str:
     return "cpu"
 
 
-def _kernels(problem: Problem):
-    from .kernels.cpu import attention as cpu
+class _Kernels:
+    """The CPU kernels for one problem, each call run with single-threaded BLAS."""
 
-    return cpu if problem.score_mod is None else cpu.with_score_mod(problem.score_mod)
+    def __init__(self, problem: Problem) -> None:
+        from .kernels.cpu import attention as cpu
+        from .kernels.cpu.threads import single_threaded_blas
+
+        self._module = cpu if problem.score_mod is None else cpu.with_score_mod(problem.score_mod)
+        self._limit = single_threaded_blas
+
+    def __getattr__(self, name):
+        kernel = getattr(self._module, name)
+
+        def call(*args):
+            with self._limit():
+                return kernel(*args)
+
+        return call
+
+
+def _kernels(problem: Problem) -> _Kernels:
+    return _Kernels(problem)
 
 
 def _lse(problem: Problem, kern) -> np.ndarray:

@@ -45,10 +45,13 @@ def allowed(batch, n, m, *, causal=False, mask=None, q_lengths=None, kv_lengths=
     return ok
 
 
-def scores(q, k, *, scale=None, score_mod=None):
+def scores(q, k, *, scale=None, score_mod=None, bias=None):
+    """Scaled scores (batch..., n, m); ``bias`` (broadcasting) is added after scaling."""
     q, k, _, batch = expand_heads(q, k)
     d = q.shape[-1]
     s = (q @ np.swapaxes(k, -1, -2)) * (1 / np.sqrt(d) if scale is None else scale)
+    if bias is not None:
+        s = s + np.asarray(bias, dtype=np.float64)
     if score_mod is not None:
         fn = getattr(score_mod, "py_func", score_mod)
         flat = s.reshape(-1, *s.shape[-2:]).copy()
@@ -62,8 +65,8 @@ def scores(q, k, *, scale=None, score_mod=None):
 
 
 def weights(q, k, *, scale=None, causal=False, mask=None, score_mod=None,
-            q_lengths=None, kv_lengths=None):
-    s, batch = scores(q, k, scale=scale, score_mod=score_mod)
+            q_lengths=None, kv_lengths=None, bias=None):
+    s, batch = scores(q, k, scale=scale, score_mod=score_mod, bias=bias)
     n, m = s.shape[-2:]
     ok = allowed(batch, n, m, causal=causal, mask=mask, q_lengths=q_lengths, kv_lengths=kv_lengths)
     s = np.where(ok, s, -np.inf)
@@ -99,6 +102,10 @@ def stats(p, topk=0):
     if topk:
         order = np.argsort(-p, axis=-1, kind="stable")[..., :topk]
         vals = np.take_along_axis(p, order, axis=-1)
+        if topk > m:  # fewer keys than asked for: pad with index -1, value 0
+            pad = [(0, 0)] * (p.ndim - 1) + [(0, topk - m)]
+            order = np.pad(order, pad)
+            vals = np.pad(vals, pad)
         out["topk_index"] = np.where(vals > 0, order, -1)
         out["topk_value"] = vals
     return out

@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from .masking import EMPTY, PARTIAL, mask_allows, tile_state
+from .rowops import add_row, exp_shifted, row_max, row_sum, scale_row
 
 
 @njit(cache=True, nogil=True)
@@ -119,7 +120,9 @@ def flash_forward(
             qs = np.empty((valid_q, d), dtype=dt)
             _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
             s_buf = np.empty(valid_q * block_k, dtype=dt)
+            p_buf = np.empty(valid_q * block_k, dtype=dt)
             pv_buf = np.empty(valid_q * dv, dtype=dt)
+            scratch = np.empty(block_k, dtype=np.int32)
             m_len = kv_len[z]
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
@@ -130,33 +133,23 @@ def flash_forward(
                 s = _tile_view(s_buf, valid_q, bk)
                 _score_tile(qs, _rows(k, zk, k0, k1), s, state, b, h, q0, k0,
                             ops, aux)
+                prob = _tile_view(p_buf, valid_q, bk)
                 for i in range(valid_q):
-                    row_max = -np.inf
-                    for j in range(bk):
-                        if s[i, j] > row_max:
-                            row_max = s[i, j]
-                    m_new = max(m_i[i], row_max)
+                    m_new = max(m_i[i], row_max(s[i]))
                     if m_new == -np.inf:  # everything so far masked
-                        for j in range(bk):
-                            s[i, j] = 0.0
+                        prob[i, :] = 0.0
                         continue
                     alpha = np.exp(m_i[i] - m_new)
-                    row_sum = 0.0
-                    for j in range(bk):
-                        p = np.exp(s[i, j] - m_new)
-                        s[i, j] = p
-                        row_sum += p
-                    l_i[i] = l_i[i] * alpha + row_sum
+                    exp_shifted(s[i], m_new, prob[i], scratch)
+                    l_i[i] = l_i[i] * alpha + row_sum(prob[i])
                     m_i[i] = m_new
                     if with_values:
-                        for c in range(dv):
-                            acc[i, c] *= alpha
+                        scale_row(acc[i], alpha)
                 if with_values:
                     pv = _tile_view(pv_buf, valid_q, dv)
-                    np.dot(s, _rows(v, zk, k0, k1), pv)
+                    np.dot(prob, _rows(v, zk, k0, k1), pv)
                     for i in range(valid_q):
-                        for c in range(dv):
-                            acc[i, c] += pv[i, c]
+                        add_row(acc[i], pv[i])
         for i in range(bq):
             if l_i[i] > 0.0:
                 lse[z, q0 + i] = m_i[i] + np.log(l_i[i])
@@ -197,6 +190,8 @@ def exact_weights(
         qs = np.empty((valid_q, d), dtype=dt)
         _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
         s_buf = np.empty(valid_q * block_k, dtype=dt)
+        prob = np.empty(block_k, dtype=dt)
+        scratch = np.empty(block_k, dtype=np.int32)
         m_len = kv_len[z]
         for k0 in range(0, m_len, block_k):
             k1 = min(k0 + block_k, m_len)
@@ -210,8 +205,8 @@ def exact_weights(
                 row_lse = lse[z, q0 + i]
                 if row_lse == -np.inf:
                     continue
-                for j in range(k1 - k0):
-                    out[z, q0 + i, k0 + j] = np.exp(s[i, j] - row_lse)
+                exp_shifted(s[i], row_lse, prob, scratch)
+                out[z, q0 + i, k0:k1] = prob[: k1 - k0]
 
 
 @njit(parallel=True, cache=True)
@@ -251,6 +246,8 @@ def query_stats(
             qs = np.empty((valid_q, d), dtype=dt)
             _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
             s_buf = np.empty(valid_q * block_k, dtype=dt)
+            prob = np.empty(block_k, dtype=dt)
+            scratch = np.empty(block_k, dtype=np.int32)
             m_len = kv_len[z]
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
@@ -265,13 +262,12 @@ def query_stats(
                     if row_lse == -np.inf:
                         continue
                     qi = q0 + i
+                    exp_shifted(s[i], row_lse, prob, scratch)
                     for j in range(k1 - k0):
-                        sc = s[i, j]
-                        if sc == -np.inf:
-                            continue
-                        p = np.exp(np.float64(sc) - row_lse)
+                        p = np.float64(prob[j])
                         if p == 0.0:
                             continue
+                        sc = s[i, j]
                         kj = k0 + j
                         ent[i] += p * (row_lse - sc)
                         dist[i] += p * abs(qi - kj)
@@ -324,6 +320,8 @@ def key_received(
             bk = valid_k1 - k0
             qs = np.empty((block_q, d), dtype=dt)
             s_buf = np.empty(block_q * bk, dtype=dt)
+            prob = np.empty(bk, dtype=dt)
+            scratch = np.empty(bk, dtype=np.int32)
             n_valid = q_len[z]
             for q0 in range(0, n_valid, block_q):
                 q1 = min(q0 + block_q, n_valid)
@@ -340,8 +338,8 @@ def key_received(
                     row_lse = lse[z, q0 + i]
                     if row_lse == -np.inf:
                         continue
-                    for j in range(bk):
-                        col[j] += np.exp(np.float64(s[i, j]) - row_lse)
+                    exp_shifted(s[i], row_lse, prob, scratch)
+                    add_row(col, prob[:bk])
         for j in range(k1 - k0):
             received[z, k0 + j] = col[j]
 

@@ -1,0 +1,55 @@
+"""Shared fixtures for the attnkit test suite.
+
+* ``tests/`` is put on ``sys.path`` so test modules can ``import reference``
+  (the float64 NumPy reference the kernels are checked against).
+* ``rng`` is a ``np.random.default_rng`` seeded from a fresh random seed per
+  test. The seed is printed, and attached to the report of a failing test, so
+  a failure can be replayed with ``ATTNKIT_TEST_SEED=<seed> pytest ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+_SEED_ENV = "ATTNKIT_TEST_SEED"
+
+
+def fresh_seed() -> int:
+    """A new random seed, or the one in $ATTNKIT_TEST_SEED to replay a failure."""
+    fixed = os.environ.get(_SEED_ENV)
+    return int(fixed) if fixed else secrets.randbits(63)
+
+
+@pytest.fixture
+def seed(request) -> int:
+    value = fresh_seed()
+    request.node._attnkit_seed = value
+    print(f"random seed: {value} (replay with {_SEED_ENV}={value})")
+    return value
+
+
+@pytest.fixture
+def rng(seed) -> np.random.Generator:
+    """A generator seeded freshly for every test (seed shown on failure)."""
+    return np.random.default_rng(seed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    value = getattr(item, "_attnkit_seed", None)
+    if value is not None and report.failed:
+        report.sections.append(
+            ("attnkit random seed", f"{value}  (replay with {_SEED_ENV}={value})")
+        )
