@@ -24,8 +24,11 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.run-deps
 	$(BIN)/attnkit attend datasets/demo/planted_heads.npz --causal --topk 3 -o out/demo.npz
 
+# Two pytest workers on two cores, one Numba thread each: OpenMP's spin-waiting
+# threads slow down badly when oversubscribed. tests/test_threads.py checks that
+# results do not depend on the thread count.
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	NUMBA_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # Benchmarks write paper/results/*.json. torch is an optional peer.
 bench: $(VENV)/.test-deps

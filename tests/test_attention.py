@@ -315,6 +315,10 @@ MASKS = {
     | ak.masks.global_tokens(_idx(r, min(n, m))),
     "sparse_transformer": lambda n, m, r: (lambda s: ak.masks.local(s) | ak.masks.strided(s))(
         int(r.integers(2, 20))),
+    "band": lambda n, m, r: ak.masks.full() & ak.masks.causal(int(r.integers(-20, 20)))
+    & ak.masks.local(int(r.integers(1, 150))) & ak.masks.local(int(r.integers(1, 150))),
+    "band_kv_cache_window": lambda n, m, r: ak.masks.causal(m - n) & ak.masks.local(
+        int(r.integers(1, max(2, abs(m - n) + 40)))),
     "not_causal": lambda n, m, r: ~ak.masks.causal(),
     "not_local_and_causal": lambda n, m, r: ~ak.masks.local(int(r.integers(2, 40)))
     & ak.masks.causal(),

@@ -29,7 +29,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .masking import EMPTY, PARTIAL, mask_allows, tile_state
+from .masking import EMPTY, PARTIAL, mask_tile, tile_state
 from .rowops import add_row, exp_shifted, row_max, row_sum, scale_row
 
 
@@ -66,18 +66,18 @@ def _load_scaled_queries(q, zq, q0, q1, scale, out):
 
 @njit(cache=True, nogil=True)
 def _score_tile(qs, kb, s, state, b, h, q0, k0, ops, aux):
-    """Scores of a tile into s (bq, bk): dot products, then score_mod, then the mask.
+    """Scores of a tile into s (bq, bk): dot products, then the mask, then score_mod.
 
-    Masked entries become -inf. ``qs`` must already hold scaled queries.
+    Masked entries become -inf and are never passed to score_mod. ``qs`` must
+    already hold scaled queries.
     """
     np.dot(qs, kb.T, s)
-    if HAS_SCORE_MOD or state == PARTIAL:
-        neg_inf = -np.inf
+    if state == PARTIAL:
+        mask_tile(s, ops, aux, q0, k0, np.empty(16, dtype=np.bool_))
+    if HAS_SCORE_MOD:
         for i in range(s.shape[0]):
             for j in range(s.shape[1]):
-                if state == PARTIAL and not mask_allows(ops, aux, q0 + i, k0 + j):
-                    s[i, j] = neg_inf
-                elif HAS_SCORE_MOD:
+                if s[i, j] != -np.inf:
                     s[i, j] = score_mod(s[i, j], b, h, q0 + i, k0 + j)
 
 

@@ -57,10 +57,15 @@ def _leaf_allows(op, a, b, c, d, aux, qi, kj):
 @njit(cache=True, nogil=True)
 def mask_allows(ops, aux, qi, kj):
     """Evaluate the mask program at one (query, key) pair."""
+    return mask_allows_with(ops, aux, qi, kj, np.empty(_STACK, dtype=np.bool_))
+
+
+@njit(cache=True, nogil=True)
+def mask_allows_with(ops, aux, qi, kj, stack):
+    """:func:`mask_allows` with a caller-owned stack (no allocation per element)."""
     n_ops = ops.shape[0]
     if n_ops == 0:
         return True
-    stack = np.empty(_STACK, dtype=np.bool_)
     top = 0
     for t in range(n_ops):
         op = ops[t, 0]
@@ -166,3 +171,48 @@ def tile_state(ops, aux, q0, q1, k0, k1):
             )
             top += 1
     return stack[0]
+
+
+@njit(cache=True, nogil=True)
+def is_band(ops):
+    """True when the mask is an AND of causal/local terms: each row allows one interval."""
+    for t in range(ops.shape[0]):
+        op = ops[t, 0]
+        if op != OP_ALL and op != OP_CAUSAL and op != OP_LOCAL and op != OP_AND:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def band_bounds(ops, qi):
+    """Allowed keys ``[lo, hi)`` of row ``qi`` for a band mask (see :func:`is_band`)."""
+    lo = -(1 << 62)
+    hi = 1 << 62
+    for t in range(ops.shape[0]):
+        op = ops[t, 0]
+        a = ops[t, 1]
+        if op == OP_CAUSAL:
+            hi = min(hi, qi + a + 1)
+        elif op == OP_LOCAL:
+            lo = max(lo, qi - a + 1)
+            hi = min(hi, qi + a)
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def mask_tile(s, ops, aux, q0, k0, stack):
+    """Set the disallowed entries of the score tile ``s`` (rows q0.., cols k0..) to -inf."""
+    rows, cols = s.shape
+    neg_inf = -np.inf
+    if is_band(ops):
+        for i in range(rows):
+            lo, hi = band_bounds(ops, q0 + i)
+            lo = min(max(lo - k0, 0), cols)
+            hi = min(max(hi - k0, lo), cols)
+            s[i, :lo] = neg_inf
+            s[i, hi:] = neg_inf
+        return
+    for i in range(rows):
+        for j in range(cols):
+            if not mask_allows_with(ops, aux, q0 + i, k0 + j, stack):
+                s[i, j] = neg_inf

@@ -1,0 +1,45 @@
+"""Results must not depend on the number of Numba threads (bit for bit)."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import attnkit as ak
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, attnkit as ak
+    data = np.load(sys.argv[1])
+    q, k, v = data["q"], data["k"], data["v"]
+    mask = ak.masks.local(50) | ak.masks.global_tokens([0])
+    out, lse = ak.attention(q, k, v, mask=mask, return_lse=True)
+    st = ak.attention_stats(q, k, mask=mask, topk=3)
+    np.savez(sys.argv[2], out=out, lse=lse, **st)
+    """
+)
+
+
+def _run(threads: int, inputs, output):
+    env = {"NUMBA_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", SCRIPT, str(inputs), str(output)], check=True,
+                   env=env, timeout=600)
+    return dict(np.load(output))
+
+
+def test_results_identical_for_one_and_two_threads(tmp_path):
+    rng = np.random.default_rng()
+    q, k, v = (rng.standard_normal((3, 2, 333, 32)).astype(np.float32) for _ in range(3))
+    np.savez(tmp_path / "in.npz", q=q, k=k, v=v)
+    one = _run(1, tmp_path / "in.npz", tmp_path / "one.npz")
+    two = _run(2, tmp_path / "in.npz", tmp_path / "two.npz")
+    assert set(one) == {"out", "lse", "entropy", "max", "argmax", "distance", "received",
+                        "topk_index", "topk_value"}
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+    # and the subprocess computed real attention, not something degenerate
+    np.testing.assert_allclose(
+        one["out"], ak.attention(q, k, v, mask=ak.masks.local(50) | ak.masks.global_tokens([0])),
+        rtol=1e-6, atol=1e-6,
+    )
