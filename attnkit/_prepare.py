@@ -72,8 +72,8 @@ def _compute_dtype(*arrays: np.ndarray) -> tuple[np.dtype, np.dtype]:
     names = {a.dtype.name for a in arrays}
     if "float64" in names:
         return np.dtype(np.float64), np.dtype(np.float64)
-    if names <= {"float16"}:
-        return np.dtype(np.float32), np.dtype(np.float16)
+    if len(names) == 1 and names <= {"float16", "bfloat16"}:
+        return np.dtype(np.float32), arrays[0].dtype  # half in, half out
     return np.dtype(np.float32), np.dtype(np.float32)
 
 

@@ -211,6 +211,37 @@ def summarise(records: list[dict]) -> dict:
     return summary
 
 
+def render_markdown(result: dict) -> str:
+    """A human-readable summary of one run (written next to the JSON)."""
+    recs = [r for r in result["records"] if "median_s" in r]
+    methods = [m for m in ("attnkit", "numpy", "torch") if any(r["method"] == m for r in recs)]
+    mach = result["machine"]
+    lines = [
+        "# CPU attention benchmark",
+        "",
+        f"Run {result['date']} on {mach['cpu']} ({mach['cores']} cores, Numba threads "
+        f"{mach['numba_threads']}); numba {mach['numba']}, numpy {mach['numpy']}, "
+        f"torch {mach['torch']}. B={B}, H={H}, d={D}, float32. Medians of repeated runs; "
+        "GFLOP/s count only the (query, key) pairs the mask allows. "
+        "Regenerate: `python paper/benchmarks/cpu_attention.py`.",
+        "",
+    ]
+    for kind in ("full", "causal", "local"):
+        lines += [f"## {kind}" + (f" ({LOCAL_WINDOW})" if kind == "local" else ""), "",
+                  "| n | " + " | ".join(f"{m} ms (GFLOP/s, +MB)" for m in methods) + " |",
+                  "|---:|" + "---:|" * len(methods)]
+        for n in sorted({r["n"] for r in recs if r["mask"] == kind}):
+            cells = []
+            for m in methods:
+                hit = [r for r in recs if (r["method"], r["mask"], r["n"]) == (m, kind, n)]
+                cells.append(f"{hit[0]['median_s'] * 1e3:.1f} ({hit[0]['gflops']:.1f}, "
+                             f"+{hit[0]['peak_extra_mb']:.0f})" if hit else "-")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Summary", "", "```json", json.dumps(result["summary"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
@@ -259,9 +290,11 @@ def main() -> None:
         "summary": summarise(records),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.output)
+    for path, text in ((args.output, json.dumps(result, indent=1)),
+                       (args.output.with_suffix(".md"), render_markdown(result))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     print(json.dumps(result["summary"], indent=1))
     print(f"wrote {args.output}")
 

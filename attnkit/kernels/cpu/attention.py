@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from .masking import EMPTY, PARTIAL, mask_tile, tile_state
-from .rowops import add_row, exp_shifted, row_max, row_sum, scale_row
+from .rowops import add_row, exp_shifted, row_max, scale_add_row
 
 
 @njit(cache=True, nogil=True)
@@ -123,6 +123,7 @@ def flash_forward(
             p_buf = np.empty(valid_q * block_k, dtype=dt)
             pv_buf = np.empty(valid_q * dv, dtype=dt)
             scratch = np.empty(block_k, dtype=np.int32)
+            alphas = np.empty(valid_q, dtype=dt)
             m_len = kv_len[z]
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
@@ -138,18 +139,16 @@ def flash_forward(
                     m_new = max(m_i[i], row_max(s[i]))
                     if m_new == -np.inf:  # everything so far masked
                         prob[i, :] = 0.0
+                        alphas[i] = 1.0
                         continue
-                    alpha = np.exp(m_i[i] - m_new)
-                    exp_shifted(s[i], m_new, prob[i], scratch)
-                    l_i[i] = l_i[i] * alpha + row_sum(prob[i])
+                    alphas[i] = np.exp(m_i[i] - m_new)
+                    l_i[i] = l_i[i] * alphas[i] + exp_shifted(s[i], m_new, prob[i], scratch)
                     m_i[i] = m_new
-                    if with_values:
-                        scale_row(acc[i], alpha)
                 if with_values:
                     pv = _tile_view(pv_buf, valid_q, dv)
                     np.dot(prob, _rows(v, zk, k0, k1), pv)
                     for i in range(valid_q):
-                        add_row(acc[i], pv[i])
+                        scale_add_row(acc[i], alphas[i], pv[i])
         for i in range(bq):
             if l_i[i] > 0.0:
                 lse[z, q0 + i] = m_i[i] + np.log(l_i[i])

@@ -25,7 +25,7 @@ _FLOOR = np.float32(-87.0)
 
 
 def exp_shifted(src, shift, dst, scratch):  # pragma: no cover - replaced by the overload
-    """``dst[j] = exp(src[j] - shift)`` for 1-d rows.
+    """``dst[j] = exp(src[j] - shift)`` for 1-d rows; returns ``sum(dst)`` (float64).
 
     ``dst`` must not overlap ``src``: LLVM only vectorises the loop when it can
     rule out aliasing (in place ran 4x slower). ``scratch`` is an int32 buffer
@@ -57,14 +57,22 @@ def _exp_shifted(src, shift, dst, scratch):
                 # 2**k as float32 bits; 0 bits (= 0.0) when x is below the floor.
                 scratch[j] = ((np.int32(kf) + np.int32(127)) << 23) if x >= _FLOOR else 0
             scale = scratch[:n].view(np.float32)
+            total = 0.0
             for j in range(n):
-                dst[j] = dst[j] * scale[j]
+                e = dst[j] * scale[j]
+                dst[j] = e
+                total += e
+            return total
 
         return fast
 
     def exact(src, shift, dst, scratch):
+        total = 0.0
         for j in range(src.shape[0]):
-            dst[j] = np.exp(src[j] - shift)
+            e = np.exp(src[j] - shift)
+            dst[j] = e
+            total += e
+        return total
 
     return exact
 
@@ -95,19 +103,10 @@ def row_max(row):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def row_sum(row):
-    """Sum of a 1-d row, accumulated in float64."""
-    total = 0.0
-    for j in range(row.shape[0]):
-        total += row[j]
-    return total
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def scale_row(row, factor):
-    """``row *= factor`` in place."""
-    for j in range(row.shape[0]):
-        row[j] *= factor
+def scale_add_row(dst, factor, src):
+    """``dst = dst * factor + src`` in place."""
+    for j in range(dst.shape[0]):
+        dst[j] = dst[j] * factor + src[j]
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
