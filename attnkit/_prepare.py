@@ -16,6 +16,7 @@ live in one place:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -162,9 +163,15 @@ def _jit_score_mod(score_mod, n_heads: int):
 
     if isinstance(score_mod, CPUDispatcher):
         return score_mod
+    return _njit_once(score_mod)
+
+
+@functools.lru_cache(maxsize=64)
+def _njit_once(fn):
+    """Jit a plain Python score_mod once, so its compiled kernels are reused."""
     from numba import njit
 
-    return njit(score_mod)
+    return njit(fn)
 
 
 def prepare(
@@ -215,7 +222,11 @@ def prepare(
         )
     if scale is None:
         scale = 1.0 / math.sqrt(d)
-    elif not np.isscalar(scale) or not np.isfinite(scale) or isinstance(scale, (bool, np.bool_)):
+    elif (
+        isinstance(scale, (bool, np.bool_))
+        or not isinstance(scale, (int, float, np.integer, np.floating))
+        or not np.isfinite(scale)
+    ):
         raise errors.value_error("scale", "a finite float", repr(scale), "pass e.g. 1/sqrt(d)")
     compute, out_dtype = _compute_dtype(*arrays)
     batch, q_map, kv_map = _batch_maps(q.shape[:-2], k.shape[:-2])
@@ -228,7 +239,9 @@ def prepare(
         ops, aux = effective.program(n, m)
 
     def flat(x, rows, cols):
-        return np.ascontiguousarray(x.reshape((-1, rows, cols)), dtype=compute)
+        # An explicit problem count: reshape(-1, ...) is ambiguous for empty arrays.
+        problems = math.prod(x.shape[:-2])
+        return np.ascontiguousarray(x.reshape((problems, rows, cols)), dtype=compute)
 
     return Problem(
         q=flat(q, n, d),

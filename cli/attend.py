@@ -107,8 +107,9 @@ def _head_rows(result: dict, batch: tuple) -> list[dict]:
             "entropy_nats": float(result["entropy"][index].mean()),
             "max_prob": float(result["max"][index].mean()),
             "distance": float(result["distance"][index].mean()),
-            "top_key": int(received.argmax()) if received.size else -1,
-            "top_key_share": float(received.max() / max(received.sum(), 1e-300))
-            if received.size else 0.0,
+            # -1 / 0 when nothing is attended (fully masked or no keys)
+            "top_key": int(received.argmax()) if received.sum() > 0 else -1,
+            "top_key_share": float(received.max() / received.sum())
+            if received.sum() > 0 else 0.0,
         })
     return rows

@@ -70,7 +70,7 @@ def weights(q, k, *, scale=None, causal=False, mask=None, score_mod=None,
     n, m = s.shape[-2:]
     ok = allowed(batch, n, m, causal=causal, mask=mask, q_lengths=q_lengths, kv_lengths=kv_lengths)
     s = np.where(ok, s, -np.inf)
-    row_max = s.max(axis=-1, keepdims=True)
+    row_max = s.max(axis=-1, keepdims=True, initial=-np.inf)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)
     e = np.where(ok, np.exp(s - row_max), 0.0)
     total = e.sum(axis=-1, keepdims=True)

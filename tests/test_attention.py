@@ -160,7 +160,7 @@ def test_unbatched_2d_inputs(rng):
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 def test_scale(rng, dtype):
     q, k, v = make_qkv(rng, (3,), 70, 260, 16, dtype=dtype)
-    scale = float(rng.uniform(0.1, 2.0) * rng.choice([-1, 1]))
+    scale = float(rng.uniform(0.5, 2.0) * rng.choice([-1, 1]))  # far from the default 0.25
     out, _ = check_attention(q, k, v, scale=scale)
     default = ak.attention(q, k, v)
     assert not np.allclose(out, default)  # the scale is actually used
@@ -219,6 +219,22 @@ def test_lengths_match_reference(rng, form, dtype):
     qlen = np.broadcast_to(np.reshape(ql, np.shape(ql) + (1,) * (2 - np.ndim(ql))), (B, H))
     pad = np.arange(n) >= qlen[..., None]
     assert (out[pad] == 0).all() and (lse[pad] == -np.inf).all()
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_lengths_weights_and_stats(rng, dtype):
+    B, H, n, m = 3, 2, 130, 300
+    q, k, _ = make_qkv(rng, (B, H), n, m, 16, dtype=dtype)
+    ql = _lengths(rng, (B,), n)
+    kl = np.array([int(rng.integers(1, m)), int(rng.integers(1, 256)), m])  # ends inside a key tile
+    w, p = check_weights(q, k, q_lengths=ql, kv_lengths=kl)
+    st = ak.attention_stats(q, k, q_lengths=ql, kv_lengths=kl, topk=3)
+    for b in range(B):
+        assert (w[b, :, :, kl[b]:] == 0).all() and (w[b, :, ql[b]:] == 0).all()
+        # padded keys receive nothing, padded queries give nothing
+        assert (st["received"][b, :, kl[b]:] == 0).all(), st["received"][b, :, kl[b]:]
+        assert (st["argmax"][b, :, ql[b]:] == -1).all()
+    check_stats(st, p, topk=3, dtype=dtype)
 
 
 def test_lengths_are_left_aligned_prefix(rng):

@@ -257,3 +257,15 @@ def test_python_dash_m(tmp_path, rng):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_fully_masked_head_reports_no_top_key(runner, tmp_path, rng):
+    """A head whose keys are all padding attends to nothing: top_key -1, share 0."""
+    q, k, v = (rng.standard_normal((2, 6, 4)).astype(np.float32) for _ in range(3))
+    path = tmp_path / "masked.npz"
+    np.savez(path, q=q, k=k, v=v, kv_lengths=np.array([0, 6]))
+    result = invoke(runner, "attend", str(path), "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["top_key"] for r in rows][0] == -1 and rows[0]["top_key_share"] == 0.0
+    assert rows[1]["top_key"] >= 0 and 0 < rows[1]["top_key_share"] <= 1

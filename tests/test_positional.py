@@ -90,7 +90,7 @@ def test_soft_cap_formula(rng):
     for s in rng.standard_normal(30) * 100:
         got = mod(float(s), 0, 0, 0, 0)
         assert got == pytest.approx(cap * math.tanh(s / cap), rel=1e-14, abs=1e-14)
-        assert abs(got) < cap
+        assert abs(got) <= cap
 
 
 def test_relative_bias_formula(bias_table):

@@ -136,7 +136,9 @@ def flash_forward(
                             ops, aux)
                 prob = _tile_view(p_buf, valid_q, bk)
                 for i in range(valid_q):
-                    m_new = max(m_i[i], row_max(s[i]))
+                    tile_max = row_max(s[i])
+                    # NaN-aware max (builtin max(-inf, nan) is -inf): NaN poisons the row.
+                    m_new = tile_max if (tile_max > m_i[i] or tile_max != tile_max) else m_i[i]
                     if m_new == -np.inf:  # everything so far masked
                         prob[i, :] = 0.0
                         alphas[i] = 1.0
@@ -150,17 +152,17 @@ def flash_forward(
                     for i in range(valid_q):
                         scale_add_row(acc[i], alphas[i], pv[i])
         for i in range(bq):
-            if l_i[i] > 0.0:
+            if l_i[i] == 0.0:  # fully masked (a NaN sum must not land here)
+                lse[z, q0 + i] = -np.inf
+                if with_values:
+                    for c in range(dv):
+                        out[z, q0 + i, c] = 0.0
+            else:
                 lse[z, q0 + i] = m_i[i] + np.log(l_i[i])
                 if with_values:
                     inv = 1.0 / l_i[i]
                     for c in range(dv):
                         out[z, q0 + i, c] = acc[i, c] * inv
-            else:
-                lse[z, q0 + i] = -np.inf
-                if with_values:
-                    for c in range(dv):
-                        out[z, q0 + i, c] = 0.0
 
 
 @njit(parallel=True, cache=True)
@@ -338,7 +340,7 @@ def key_received(
                     if row_lse == -np.inf:
                         continue
                     exp_shifted(s[i], row_lse, prob, scratch)
-                    add_row(col, prob[:bk])
+                    add_row(col[:bk], prob[:bk])
         for j in range(k1 - k0):
             received[z, k0 + j] = col[j]
 

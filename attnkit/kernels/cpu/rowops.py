@@ -8,6 +8,7 @@ float32 rows :func:`exp_shifted` uses a polynomial exp that LLVM vectorises:
 ``|r| <= ln(2) / 2``; relative error <= 2e-7, about one float32 ulp.
 Arguments below -87 (including -inf) give exactly 0: ``exp(-87) ~ 1.6e-38``
 is below float32's normal range and never matters next to a row maximum of 1.
+NaN gives NaN, so NaN inputs (``check_finite=False``) propagate.
 float64 rows keep ``np.exp``: float64 is chosen for accuracy, not speed.
 """
 
@@ -22,6 +23,7 @@ _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693145751953125)
 _LN2_LO = np.float32(1.428606765330187e-06)
 _FLOOR = np.float32(-87.0)
+_NAN_BITS = np.int32(0x7FC00000)
 
 
 def exp_shifted(src, shift, dst, scratch):  # pragma: no cover - replaced by the overload
@@ -54,8 +56,9 @@ def _exp_shifted(src, shift, dst, scratch):
                 p = p * r + np.float32(1.0)
                 p = p * r + np.float32(1.0)
                 dst[j] = p
-                # 2**k as float32 bits; 0 bits (= 0.0) when x is below the floor.
-                scratch[j] = ((np.int32(kf) + np.int32(127)) << 23) if x >= _FLOOR else 0
+                # 2**k as float32 bits; 0.0 below the floor; NaN for NaN.
+                bits = (np.int32(kf) + np.int32(127)) << 23
+                scratch[j] = bits if x >= _FLOOR else (np.int32(0) if x < _FLOOR else _NAN_BITS)
             scale = scratch[:n].view(np.float32)
             total = 0.0
             for j in range(n):
@@ -82,7 +85,7 @@ _LANES = 16
 
 @njit(cache=True, nogil=True, fastmath=FAST)
 def row_max(row):
-    """Largest entry of a 1-d row (-inf for an all -inf row).
+    """Largest entry of a 1-d row: -inf for an all -inf row, NaN if any entry is NaN.
 
     LLVM does not vectorise a plain max reduction here; 16 independent lanes
     reduced at the end run about twice as fast.
@@ -93,12 +96,13 @@ def row_max(row):
     for j in range(0, whole, _LANES):
         for t in range(_LANES):
             x = row[j + t]
-            lanes[t] = x if x > lanes[t] else lanes[t]
+            # NaN wins: (x != x) is true only for NaN.
+            lanes[t] = x if (x > lanes[t] or x != x) else lanes[t]
     best = -np.inf
     for t in range(_LANES):
-        best = lanes[t] if lanes[t] > best else best
+        best = lanes[t] if (lanes[t] > best or lanes[t] != lanes[t]) else best
     for j in range(whole, n):
-        best = row[j] if row[j] > best else best
+        best = row[j] if (row[j] > best or row[j] != row[j]) else best
     return best
 
 
