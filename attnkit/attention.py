@@ -44,7 +44,7 @@ def _choose_backend(backend: str) -> str:
     return "cpu"
 
 
-class _Kernels:
+class _CpuKernels:
     """The CPU kernels for one problem, each call run with single-threaded BLAS."""
 
     def __init__(self, problem: Problem) -> None:
@@ -62,10 +62,6 @@ class _Kernels:
                 return kernel(*args)
 
         return call
-
-
-def _kernels(problem: Problem) -> _Kernels:
-    return _Kernels(problem)
 
 
 def _lse(problem: Problem, kern) -> np.ndarray:
@@ -149,7 +145,7 @@ def attention(
     dv = p.v.shape[2]
     out = np.empty((p.n_problems, p.n, dv), dtype=p.q.dtype)
     lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
-    _kernels(p).flash_forward(
+    _CpuKernels(p).flash_forward(
         p.q, p.k, p.v, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
         p.n_heads, True, CPU_BLOCK_Q, CPU_BLOCK_K, out, lse,
     )
@@ -212,7 +208,7 @@ def attention_weights(
             "received attention, max/top-k and distance in O(n + m) memory, or raise the "
             "budget with max_bytes=... or attnkit.set_options(weights_max_bytes=...)."
         )
-    kern = _kernels(p)
+    kern = _CpuKernels(p)
     lse = _lse(p, kern)
     out = np.zeros((p.n_problems, p.n, p.m), dtype=p.q.dtype)
     kern.exact_weights(
@@ -287,7 +283,7 @@ def attention_stats(
         q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
         q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite,
     )
-    kern = _kernels(p)
+    kern = _CpuKernels(p)
     lse = _lse(p, kern).astype(np.float64)
     z, n, m = p.n_problems, p.n, p.m
     common = (p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
