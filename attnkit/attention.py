@@ -25,7 +25,7 @@ STAT_NAMES = ("entropy", "received", "max", "distance")
 
 # Tile sizes of the CPU kernels (queries x keys); tuned with
 # paper/benchmarks/cpu_attention.py on the 2-core reference machine.
-CPU_BLOCK_Q = 128
+CPU_BLOCK_Q = 64
 CPU_BLOCK_K = 256
 
 _BACKENDS = ("auto", "cpu", "cuda")

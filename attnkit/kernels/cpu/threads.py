@@ -12,6 +12,10 @@ import functools
 
 @functools.lru_cache(maxsize=1)
 def _controller():
+    # Numba's np.dot calls SciPy's BLAS, which Numba loads only when a kernel
+    # first runs. Load it now: a controller made earlier never sees it, and the
+    # limit silently misses the library that matters (seen: 2.6x slower).
+    import scipy.linalg.cython_blas  # noqa: F401
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
