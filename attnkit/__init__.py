@@ -17,6 +17,7 @@ from ._version import __version__
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .options import get_options, set_options
+from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
 
 __all__ = [
     "__version__",
@@ -24,6 +25,10 @@ __all__ = [
     "attention_weights",
     "attention_stats",
     "STAT_NAMES",
+    "multi_head_attention",
+    "additive_attention",
+    "luong_attention",
+    "linear_attention",
     "masks",
     "positional",
     "get_options",
