@@ -33,6 +33,7 @@ __all__ = [
     "strided",
     "global_tokens",
     "block_sparse",
+    "random",
     "parse",
 ]
 
@@ -309,6 +310,31 @@ class _BlockSparse(Mask):
         ops.append([OP_BLOCK, self.block, at, rows, cols])
 
 
+class _Random(Mask):
+    """Seeded random tiles; the layout is drawn once the problem size is known."""
+
+    def __init__(self, density: float, block: int, seed: int) -> None:
+        self.density, self.block, self.seed = density, block, seed
+
+    def __repr__(self) -> str:
+        return f"random({self.density}, block={self.block}, seed={self.seed})"
+
+    def layout(self, n: int, m: int) -> np.ndarray:
+        """The boolean tile layout used for an n x m problem (same seed, same layout)."""
+        rows, cols = -(-n // self.block), -(-m // self.block)
+        rng = np.random.default_rng([self.seed, n, m])
+        return rng.random((max(rows, 1), max(cols, 1))) < self.density
+
+    def _tiles(self, n, m) -> _BlockSparse:
+        return _BlockSparse(self.layout(n, m), self.block)
+
+    def _dense(self, qi, kj, n, m):
+        return self._tiles(n, m)._dense(qi, kj, n, m)
+
+    def _emit(self, ops, aux, aux_len, n, m):
+        self._tiles(n, m)._emit(ops, aux, aux_len, n, m)
+
+
 # ---------------------------------------------------------------- factories
 def full() -> Mask:
     """Every query may attend to every key (the identity of ``&``).
@@ -429,6 +455,29 @@ def block_sparse(layout, block: int) -> Mask:
     return _BlockSparse(arr.astype(bool), _positive_int("block", block))
 
 
+def random(density: float, block: int = 64, seed: int = 0) -> Mask:
+    """Random ``block x block`` tiles, each kept with probability ``density`` (BigBird style).
+
+    The layout is drawn from ``seed`` and the problem size, so the same call
+    gives the same mask every time; tiles left out are skipped by the kernels,
+    so the cost scales with ``density``. Combine with ``local`` and
+    ``global_tokens`` for BigBird's full pattern.
+
+    Examples
+    --------
+    >>> import attnkit as ak
+    >>> mask = ak.masks.random(0.5, block=4, seed=1)
+    >>> bool((mask.dense(16) == mask.dense(16)).all()), mask.dense(16).shape
+    (True, (16, 16))
+    """
+    if isinstance(density, (bool, np.bool_)) or not isinstance(density, (int, float, np.floating)) \
+            or not 0.0 <= density <= 1.0:
+        raise value_error("density", "a float in [0, 1]", repr(density), "pass e.g. 0.1")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise value_error("seed", "a non-negative int", repr(seed), "pass e.g. seed=0")
+    return _Random(float(density), _positive_int("block", block), int(seed))
+
+
 def combine_all(masks) -> Mask | None:
     """``&`` of an iterable of masks, ignoring ``None``; ``None`` if nothing is left."""
     present = [m for m in masks if m is not None]
@@ -437,6 +486,7 @@ def combine_all(masks) -> Mask | None:
 
 _PARSERS = {
     "causal": lambda arg: causal(int(arg) if arg else 0),
+    "random": lambda arg: random(float(arg)),
     "full": lambda arg: full(),
     "local": lambda arg: local(int(arg)),
     "strided": lambda arg: strided(int(arg)),
@@ -447,8 +497,8 @@ _PARSERS = {
 def parse(spec: str) -> Mask:
     """Build a mask from text such as ``"local:256&causal"`` (for the CLI).
 
-    Terms are ``causal[:offset]``, ``full``, ``local:W``, ``strided:S`` and
-    ``global:i,j,...``, optionally prefixed by ``~``, joined by ``&`` or ``|``
+    Terms are ``causal[:offset]``, ``full``, ``local:W``, ``strided:S``,
+    ``global:i,j,...`` and ``random:DENSITY`` (64-token tiles, seed 0), optionally prefixed by ``~``, joined by ``&`` or ``|``
     and read left to right (no precedence, no parentheses).
 
     Examples
