@@ -88,8 +88,11 @@ def _check_finite(name: str, arr: np.ndarray) -> None:
         )
 
 
-def _batch_maps(q_batch: tuple, kv_batch: tuple):
-    """Index maps from the broadcast batch shape to the flat q and kv problems."""
+def batch_maps(q_batch: tuple, kv_batch: tuple, q_name: str = "q", k_name: str = "k"):
+    """Index maps from the broadcast batch shape to the flat q and kv problems.
+
+    Returns ``(batch, q_map, kv_map)``; errors name ``q_name`` / ``k_name``.
+    """
     kv_ids = np.arange(math.prod(kv_batch), dtype=np.int64).reshape(kv_batch)
     if (
         q_batch and kv_batch and q_batch[-1] != kv_batch[-1]
@@ -98,9 +101,10 @@ def _batch_maps(q_batch: tuple, kv_batch: tuple):
         hq, hkv = q_batch[-1], kv_batch[-1]
         if hq % hkv:
             raise errors.shape_error(
-                "k", f"a head count dividing q's {hq} heads (grouped-query attention)",
+                k_name, f"a head count dividing {q_name}'s {hq} heads (grouped-query attention)",
                 f"{hkv} heads in shape {kv_batch}",
-                "give k and v a number of heads that divides q's, or the same number",
+                f"give {k_name} a number of heads (last leading dim) that divides "
+                f"{q_name}'s, or the same number",
             )
         kv_ids = np.repeat(kv_ids, hq // hkv, axis=-1)
     q_ids = np.arange(math.prod(q_batch), dtype=np.int64).reshape(q_batch)
@@ -108,13 +112,15 @@ def _batch_maps(q_batch: tuple, kv_batch: tuple):
         batch = np.broadcast_shapes(q_ids.shape, kv_ids.shape)
     except ValueError:
         raise errors.shape_error(
-            "q, k", "leading (batch/head) dims that broadcast against each other",
-            f"q batch dims {q_batch} and k batch dims {kv_batch}",
+            f"{q_name}, {k_name}", "leading (batch/head) dims that broadcast against each other",
+            f"{q_name} batch dims {q_batch} and {k_name} batch dims {kv_batch}",
             "make the leading dims equal, or 1 where one side is shared",
         ) from None
-    q_map = np.ascontiguousarray(np.broadcast_to(q_ids, batch).ravel())
-    kv_map = np.ascontiguousarray(np.broadcast_to(kv_ids, batch).ravel())
-    return batch, q_map, kv_map
+    # Always fresh writable copies: Numba compiles a separate kernel for every
+    # read-only/writable combination of its arguments (broadcast views are read-only).
+    q_map = np.array(np.broadcast_to(q_ids, batch).ravel(), dtype=np.int64)
+    kv_map = np.array(np.broadcast_to(kv_ids, batch).ravel(), dtype=np.int64)
+    return tuple(batch), q_map, kv_map
 
 
 def _lengths(name: str, lengths, batch: tuple, limit: int, axis: str) -> np.ndarray:
@@ -142,7 +148,18 @@ def _lengths(name: str, lengths, batch: tuple, limit: int, axis: str) -> np.ndar
             f"values from {arr.min()} to {arr.max()}", f"clip them to the {axis} axis",
         )
     arr = arr.reshape(arr.shape + (1,) * (len(batch) - arr.ndim))
-    return np.ascontiguousarray(np.broadcast_to(arr, batch).astype(np.int64).ravel())
+    return np.array(np.broadcast_to(arr, batch).ravel(), dtype=np.int64)
+
+
+def check_weights_budget(fn: str, shape: tuple, dtype, max_bytes: int, fix: str) -> None:
+    """Refuse to allocate attention weights of ``shape`` past ``max_bytes``."""
+    need = math.prod(shape) * np.dtype(dtype).itemsize
+    if need > max_bytes:
+        raise errors.WeightsTooLargeError(
+            f"{fn}: the attention weights need {need / 2**30:.2f} GiB ({shape} x "
+            f"{np.dtype(dtype)}), over the budget of {max_bytes / 2**30:.2f} GiB. Fix: {fix}, "
+            "or raise the budget with attnkit.set_options(weights_max_bytes=...)."
+        )
 
 
 def _jit_score_mod(score_mod, n_heads: int):
@@ -229,7 +246,7 @@ def prepare(
     ):
         raise errors.value_error("scale", "a finite float", repr(scale), "pass e.g. 1/sqrt(d)")
     compute, out_dtype = _compute_dtype(*arrays)
-    batch, q_map, kv_map = _batch_maps(q.shape[:-2], k.shape[:-2])
+    batch, q_map, kv_map = batch_maps(q.shape[:-2], k.shape[:-2])
     q_len = _lengths("q_lengths", q_lengths, batch, n, "n")
     kv_len = _lengths("kv_lengths", kv_lengths, batch, m, "m")
     effective = combine_all([mask, causal_mask() if causal else None])

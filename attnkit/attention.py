@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors
-from ._prepare import Problem, prepare
+from ._prepare import Problem, check_weights_budget, prepare
 from .options import get_options
 
 __all__ = ["attention", "attention_weights", "attention_stats", "STAT_NAMES"]
@@ -198,16 +198,12 @@ def attention_weights(
         q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
         q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite,
     )
-    budget = get_options()["weights_max_bytes"] if max_bytes is None else int(max_bytes)
-    need = p.n_problems * p.n * p.m * p.q.dtype.itemsize
-    if need > budget:
-        raise errors.WeightsTooLargeError(
-            f"attention_weights: the result needs {need / 2**30:.2f} GiB "
-            f"({p.batch_shape + (p.n, p.m)} x {p.q.dtype}), over the budget of "
-            f"{budget / 2**30:.2f} GiB. Fix: use attnkit.attention_stats for entropy, "
-            "received attention, max/top-k and distance in O(n + m) memory, or raise the "
-            "budget with max_bytes=... or attnkit.set_options(weights_max_bytes=...)."
-        )
+    check_weights_budget(
+        "attention_weights", p.batch_shape + (p.n, p.m), p.q.dtype,
+        get_options()["weights_max_bytes"] if max_bytes is None else int(max_bytes),
+        "use attnkit.attention_stats for entropy, received attention, max/top-k and "
+        "distance in O(n + m) memory, or pass max_bytes=...",
+    )
     kern = _CpuKernels(p)
     lse = _lse(p, kern)
     out = np.zeros((p.n_problems, p.n, p.m), dtype=p.q.dtype)

@@ -367,7 +367,7 @@ def test_parse_is_left_to_right(rng):
     [
         ("", r"mask spec: expected text like 'local:256&causal'"),
         ("   ", r"mask spec: expected text"),
-        ("foo", r"mask spec: expected terms from \['causal', 'full', 'global', 'local', 'strided'\], got 'foo'"),
+        ("foo", r"mask spec: expected terms from \['causal', 'full', 'global', 'local', 'random', 'strided'\], got 'foo'"),
         ("causal&bogus:3", r"got 'bogus:3'"),
         ("local:x", r"mask spec: expected an integer argument for 'local', got 'x'"),
         ("local:", r"an integer argument for 'local'"),
