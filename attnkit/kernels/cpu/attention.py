@@ -73,7 +73,7 @@ def _score_tile(qs, kb, s, state, b, h, q0, k0, ops, aux):
     """
     np.dot(qs, kb.T, s)
     if state == PARTIAL:
-        mask_tile(s, ops, aux, q0, k0, np.empty(16, dtype=np.bool_))
+        mask_tile(s, ops, aux, q0, k0)
     if HAS_SCORE_MOD:
         for i in range(s.shape[0]):
             for j in range(s.shape[1]):

@@ -2,7 +2,8 @@
 
 Two questions are answered from the same postfix program:
 
-* ``mask_allows``: may query ``qi`` attend to key ``kj``?
+* ``mask_allows`` / ``mask_row``: may query ``qi`` attend to key ``kj`` (one
+  pair, or a whole row of keys at once, which is what the kernels use)?
 * ``tile_state``: for a tile of queries ``[q0, q1)`` x keys ``[k0, k1)``, is
   the mask EMPTY (nothing allowed), FULL (everything allowed) or PARTIAL?
   This uses three-valued (Kleene) logic: with EMPTY=0, PARTIAL=1, FULL=2,
@@ -56,16 +57,11 @@ def _leaf_allows(op, a, b, c, d, aux, qi, kj):
 
 @njit(cache=True, nogil=True)
 def mask_allows(ops, aux, qi, kj):
-    """Evaluate the mask program at one (query, key) pair."""
-    return mask_allows_with(ops, aux, qi, kj, np.empty(_STACK, dtype=np.bool_))
-
-
-@njit(cache=True, nogil=True)
-def mask_allows_with(ops, aux, qi, kj, stack):
-    """:func:`mask_allows` with a caller-owned stack (no allocation per element)."""
+    """Evaluate the mask program at one (query, key) pair (reference; kernels use mask_row)."""
     n_ops = ops.shape[0]
     if n_ops == 0:
         return True
+    stack = np.empty(_STACK, dtype=np.bool_)
     top = 0
     for t in range(n_ops):
         op = ops[t, 0]
@@ -200,7 +196,77 @@ def band_bounds(ops, qi):
 
 
 @njit(cache=True, nogil=True)
-def mask_tile(s, ops, aux, q0, k0, stack):
+def _fill(row, lo, hi, n):
+    """row[:n] = lo <= j < hi (bounds clipped to the row)."""
+    lo = min(max(lo, 0), n)
+    hi = min(max(hi, lo), n)
+    row[:lo] = False
+    row[lo:hi] = True
+    row[hi:n] = False
+
+
+@njit(cache=True, nogil=True)
+def mask_row(ops, aux, qi, k0, n, stack):
+    """Evaluate the mask for query ``qi`` against keys ``k0 .. k0 + n - 1`` at once.
+
+    The postfix program runs on whole boolean rows (``stack`` is a
+    ``(16, >= n)`` scratch array); the answer is left in ``stack[0, :n]``.
+    Each leaf fills a row with simple loops, so this is far cheaper than
+    :func:`mask_allows` per element.
+    """
+    top = 0
+    for t in range(ops.shape[0]):
+        op = ops[t, 0]
+        a = ops[t, 1]
+        b = ops[t, 2]
+        c = ops[t, 3]
+        d = ops[t, 4]
+        if op == OP_AND:
+            top -= 1
+            for j in range(n):
+                stack[top - 1, j] = stack[top - 1, j] and stack[top, j]
+            continue
+        if op == OP_OR:
+            top -= 1
+            for j in range(n):
+                stack[top - 1, j] = stack[top - 1, j] or stack[top, j]
+            continue
+        if op == OP_NOT:
+            for j in range(n):
+                stack[top - 1, j] = not stack[top - 1, j]
+            continue
+        row = stack[top]
+        top += 1
+        if op == OP_ALL:
+            _fill(row, 0, n, n)
+        elif op == OP_CAUSAL:
+            _fill(row, 0, qi + a + 1 - k0, n)
+        elif op == OP_LOCAL:
+            _fill(row, qi - a + 1 - k0, qi + a - k0, n)
+        elif op == OP_STRIDED:
+            for j in range(n):
+                row[j] = (qi - (k0 + j)) % a == 0
+        elif op == OP_GLOBAL:
+            if qi < c and aux[a + qi] != 0:
+                _fill(row, 0, n, n)
+            else:
+                for j in range(n):
+                    kj = k0 + j
+                    row[j] = kj < c and aux[a + kj] != 0
+        elif op == OP_BLOCK:
+            r = qi // a
+            if r >= c:
+                _fill(row, 0, 0, n)
+            else:
+                for j in range(n):
+                    col = (k0 + j) // a
+                    row[j] = col < d and aux[b + r * d + col] != 0
+        else:
+            _fill(row, 0, 0, n)
+
+
+@njit(cache=True, nogil=True)
+def mask_tile(s, ops, aux, q0, k0):
     """Set the disallowed entries of the score tile ``s`` (rows q0.., cols k0..) to -inf."""
     rows, cols = s.shape
     neg_inf = -np.inf
@@ -212,7 +278,9 @@ def mask_tile(s, ops, aux, q0, k0, stack):
             s[i, :lo] = neg_inf
             s[i, hi:] = neg_inf
         return
+    stack = np.empty((_STACK, cols), dtype=np.bool_)
     for i in range(rows):
+        mask_row(ops, aux, q0 + i, k0, cols, stack)
         for j in range(cols):
-            if not mask_allows_with(ops, aux, q0 + i, k0 + j, stack):
+            if not stack[0, j]:
                 s[i, j] = neg_inf
