@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import value_error
 
-__all__ = ["alibi", "alibi_slopes", "soft_cap", "relative_bias", "sinusoidal", "rope"]
+__all__ = ["alibi", "alibi_slopes", "soft_cap", "relative_bias", "sinusoidal", "rope", "learned"]
 
 
 def _frozen(arr: np.ndarray):
@@ -215,3 +215,39 @@ def rope(x, positions=None, base: float = 10000.0) -> np.ndarray:
     x1, x2 = arr[..., :half], arr[..., half:]
     out = np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return out.astype(arr.dtype if arr.dtype.kind == "f" else np.float64, copy=False)
+
+
+def learned(table, positions=None) -> np.ndarray:
+    """Look up learned absolute position embeddings (BERT/GPT-2 style), shape (n, d).
+
+    Parameters
+    ----------
+    table : array_like, shape (max_positions, d)
+        The learned embedding table.
+    positions : array_like of int, shape (n,), optional
+        Positions to look up; default ``arange(max_positions)``.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> table = np.arange(12.0).reshape(4, 3)
+    >>> ak.positional.learned(table, [2, 0]).tolist()
+    [[6.0, 7.0, 8.0], [0.0, 1.0, 2.0]]
+    """
+    arr = np.asarray(table)
+    if arr.ndim != 2 or arr.dtype.kind != "f":
+        raise value_error("table", "a 2-d float array (max_positions, d)",
+                          f"{arr.dtype} array of shape {arr.shape}", "pass the embedding matrix")
+    if positions is None:
+        return arr.copy()
+    pos = np.asarray(positions)
+    if pos.ndim != 1 or not np.issubdtype(pos.dtype, np.integer):
+        raise value_error("positions", "a 1-d array of int positions", f"{pos.dtype} array of "
+                          f"shape {pos.shape}", "pass e.g. np.arange(n)")
+    if pos.size and (pos.min() < 0 or pos.max() >= arr.shape[0]):
+        raise value_error(
+            "positions", f"values in [0, {arr.shape[0]}) (rows of the table)",
+            f"values from {pos.min()} to {pos.max()}",
+            "truncate the sequence or use a longer table",
+        )
+    return arr[pos]

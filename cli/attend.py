@@ -35,6 +35,10 @@ def _load(inputs: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.option("--mask", "mask_spec", default=None, metavar="SPEC",
               help="Mask such as 'local:256', 'strided:64|local:64', 'global:0', '~causal'.")
 @click.option("--scale", type=float, default=None, help="Score scale (default 1/sqrt(d)).")
+@click.option("--variant", type=click.Choice(["softmax", "linear"]), default="softmax",
+              show_default=True,
+              help="softmax: exact scaled dot-product attention; linear: kernelised linear "
+                   "attention (elu+1 features; output only, no lse or stats).")
 @click.option("--stats/--no-stats", default=True, show_default=True,
               help="Also compute per-query entropy, max, distance and per-key received attention.")
 @click.option("--topk", type=click.IntRange(min=0), default=0, show_default=True,
@@ -46,7 +50,7 @@ def _load(inputs: tuple[str, ...]) -> dict[str, np.ndarray]:
 @format_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @user_errors
-def attend(inputs, causal, mask_spec, scale, stats, topk, output, backend, fmt, quiet):
+def attend(inputs, causal, mask_spec, scale, variant, stats, topk, output, backend, fmt, quiet):
     """Compute exact attention (and its statistics) on saved tensors.
 
     INPUTS is one .npz holding arrays q, k, v (optionally q_lengths and
@@ -61,6 +65,11 @@ def attend(inputs, causal, mask_spec, scale, stats, topk, output, backend, fmt, 
     import attnkit as ak
 
     arrays = _load(inputs)
+    if variant == "linear":
+        if mask_spec or scale is not None:
+            raise UserError("--variant linear takes no --mask or --scale (only --causal). "
+                            "Fix: drop them, or use --variant softmax.")
+        return _attend_linear(arrays, causal, output, fmt, quiet)
     mask = ak.masks.parse(mask_spec) if mask_spec else None
     common = dict(
         scale=scale, causal=causal, mask=mask, q_lengths=arrays.get("q_lengths"),
@@ -93,6 +102,27 @@ def attend(inputs, causal, mask_spec, scale, stats, topk, output, backend, fmt, 
         )
     if stats:
         emit(_head_rows(result, batch), fmt)
+    if output and fmt == "table":
+        click.echo(f"wrote {output}")
+
+
+def _attend_linear(arrays: dict, causal: bool, output, fmt: str, quiet: bool) -> None:
+    import attnkit as ak
+
+    start = time.perf_counter()
+    out = ak.linear_attention(arrays["q"], arrays["k"], arrays["v"], causal=causal)
+    seconds = time.perf_counter() - start
+    if output:
+        save_npz_atomic(Path(output), {"out": out})
+    if quiet:
+        return
+    if fmt == "table":
+        click.echo(f"linear attention (elu+1): q {arrays['q'].shape} -> out {out.shape}; "
+                   f"{seconds * 1e3:.1f} ms (includes compilation on first use)")
+        click.echo("(statistics describe softmax attention; not computed for --variant linear)")
+    else:
+        emit([{"variant": "linear", "out_shape": "x".join(map(str, out.shape)),
+               "seconds": seconds}], fmt)
     if output and fmt == "table":
         click.echo(f"wrote {output}")
 

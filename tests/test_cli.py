@@ -269,3 +269,22 @@ def test_fully_masked_head_reports_no_top_key(runner, tmp_path, rng):
     rows = json.loads(result.output)
     assert [r["top_key"] for r in rows][0] == -1 and rows[0]["top_key_share"] == 0.0
     assert rows[1]["top_key"] >= 0 and 0 < rows[1]["top_key_share"] <= 1
+
+
+def test_attend_linear_variant_matches_library(runner, tmp_path, rng):
+    q, k, v = (rng.standard_normal((2, 9, 4)) for _ in range(3))
+    path = tmp_path / "qkv.npz"
+    np.savez(path, q=q, k=k, v=v)
+    out_path = tmp_path / "lin.npz"
+    result = invoke(runner, "attend", str(path), "--variant", "linear", "--causal",
+                    "-o", str(out_path))
+    assert result.exit_code == 0, result.output
+    assert "not computed for --variant linear" in result.output
+    with np.load(out_path) as saved:
+        assert set(saved.files) == {"out"}
+        assert_allclose(saved["out"], ak.linear_attention(q, k, v, causal=True), rtol=1e-12)
+
+
+def test_attend_linear_variant_rejects_mask(runner, npz):
+    result = invoke(runner, "attend", npz, "--variant", "linear", "--mask", "local:3")
+    assert_user_error(result, "--variant linear takes no --mask")

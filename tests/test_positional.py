@@ -276,3 +276,16 @@ def test_score_mod_heads_must_match(rng, bias_table):
         ak.attention_weights(q, q, score_mod=ak.positional.relative_bias(bias_table))
     # a single slope/row is shared by any number of heads
     assert_array_equal(ak.positional.alibi([0.5]).attnkit_heads, 1)
+
+
+def test_learned_lookup_and_errors(rng):
+    table = rng.standard_normal((10, 6))
+    positions = rng.permutation(10)[:7]
+    np.testing.assert_array_equal(ak.positional.learned(table, positions), table[positions])
+    np.testing.assert_array_equal(ak.positional.learned(table), table)
+    with pytest.raises(ValueError, match=r"positions: expected values in \[0, 10\)"):
+        ak.positional.learned(table, [3, 10])
+    with pytest.raises(ValueError, match=r"table: expected a 2-d float array"):
+        ak.positional.learned(np.arange(10), [0])
+    with pytest.raises(ValueError, match=r"positions: expected a 1-d array of int"):
+        ak.positional.learned(table, [0.5])
