@@ -15,6 +15,7 @@ Examples
 from . import masks, positional
 from ._version import __version__
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
+from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, validate
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .options import get_options, set_options
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
@@ -36,4 +37,9 @@ __all__ = [
     "AttnkitError",
     "BackendUnavailableError",
     "WeightsTooLargeError",
+    "from_arrays",
+    "validate",
+    "save_dataset",
+    "open_dataset",
+    "SCHEMA_VERSION",
 ]
