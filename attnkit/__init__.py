@@ -12,10 +12,11 @@ Examples
 (8, 4, 16)
 """
 
-from . import masks, positional
+from . import importers, masks, positional
 from ._version import __version__
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
 from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, validate
+from .importers import from_hf_attentions
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .options import get_options, set_options
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
@@ -31,6 +32,8 @@ __all__ = [
     "luong_attention",
     "linear_attention",
     "masks",
+    "importers",
+    "from_hf_attentions",
     "positional",
     "get_options",
     "set_options",
