@@ -14,6 +14,7 @@ __all__ = [
     "shape_error",
     "dtype_error",
     "value_error",
+    "positive_int",
 ]
 
 
@@ -64,3 +65,22 @@ def value_error(argument: str, expected: str, got, fix: str) -> ValueError:
     'window: expected a positive int, got 0. Fix: pass window >= 1.'
     """
     return ValueError(f"{argument}: expected {expected}, got {got}. Fix: {fix}.")
+
+
+def positive_int(name: str, value) -> int:
+    """Return ``value`` as an int if it is a positive integer (not a bool), else raise.
+
+    Examples
+    --------
+    >>> positive_int("window", 3)
+    3
+    >>> positive_int("window", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: window: expected a positive int, got 0. Fix: pass window >= 1.
+    """
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise value_error(name, "a positive int", repr(value), f"pass {name} >= 1")
+    return int(value)

@@ -23,7 +23,7 @@ from functools import reduce
 
 import numpy as np
 
-from .errors import value_error
+from .errors import positive_int, value_error
 
 __all__ = [
     "Mask",
@@ -51,12 +51,6 @@ OP_NOT = 8
 
 #: Deepest expression the kernels can evaluate (size of their fixed stack).
 MAX_STACK_DEPTH = 16
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise value_error(name, "a positive int", repr(value), f"pass {name} >= 1")
-    return int(value)
 
 
 class Mask:
@@ -381,7 +375,7 @@ def local(window: int) -> Mask:
            [0, 1, 1, 1],
            [0, 0, 1, 1]])
     """
-    return _Local(_positive_int("window", window))
+    return _Local(positive_int("window", window))
 
 
 def strided(stride: int) -> Mask:
@@ -395,7 +389,7 @@ def strided(stride: int) -> Mask:
     >>> ak.masks.strided(2).dense(4)[3].astype(int)
     array([0, 1, 0, 1])
     """
-    return _Strided(_positive_int("stride", stride))
+    return _Strided(positive_int("stride", stride))
 
 
 def global_tokens(index) -> Mask:
@@ -452,7 +446,7 @@ def block_sparse(layout, block: int) -> Mask:
         )
     if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer)):
         raise value_error("layout", "booleans or 0/1 ints", str(arr.dtype), "use layout.astype(bool)")
-    return _BlockSparse(arr.astype(bool), _positive_int("block", block))
+    return _BlockSparse(arr.astype(bool), positive_int("block", block))
 
 
 def random(density: float, block: int = 64, seed: int = 0) -> Mask:
@@ -475,7 +469,7 @@ def random(density: float, block: int = 64, seed: int = 0) -> Mask:
         raise value_error("density", "a float in [0, 1]", repr(density), "pass e.g. 0.1")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise value_error("seed", "a non-negative int", repr(seed), "pass e.g. seed=0")
-    return _Random(float(density), _positive_int("block", block), int(seed))
+    return _Random(float(density), positive_int("block", block), int(seed))
 
 
 def combine_all(masks) -> Mask | None:

@@ -91,12 +91,6 @@ def _vector(name: str, b, size: int, what: str) -> None:
         )
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise errors.value_error(name, "a positive int", repr(value), f"pass e.g. {name}=4")
-    return int(value)
-
-
 def _flag(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise errors.value_error(name, "True or False", repr(value), f"pass {name}=True")
@@ -222,8 +216,8 @@ def multi_head_attention(
     >>> ak.multi_head_attention(x, w_q, w_kv, w_kv, w_o, n_heads=4, n_kv_heads=2).shape
     (2, 5, 16)
     """
-    n_heads = _positive_int("n_heads", n_heads)
-    n_kv_heads = n_heads if n_kv_heads is None else _positive_int("n_kv_heads", n_kv_heads)
+    n_heads = errors.positive_int("n_heads", n_heads)
+    n_kv_heads = n_heads if n_kv_heads is None else errors.positive_int("n_kv_heads", n_kv_heads)
     return_weights = _flag("return_weights", return_weights)
     return_stats = _flag("return_stats", return_stats)
     self_attention = context is None
