@@ -19,6 +19,7 @@ from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, valid
 from .importers import from_hf_attentions
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .options import get_options, set_options
+from .rollout import augmented_attention, grad_rollout, rollout
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
 
 __all__ = [
@@ -45,4 +46,7 @@ __all__ = [
     "save_dataset",
     "open_dataset",
     "SCHEMA_VERSION",
+    "rollout",
+    "grad_rollout",
+    "augmented_attention",
 ]

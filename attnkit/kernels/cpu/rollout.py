@@ -1,0 +1,164 @@
+"""Rollout kernels: head fusion, residual augmentation, layer products.
+
+No validation happens here (see :mod:`attnkit.rollout`). Conventions:
+
+* ``attn`` is ``(S, L, H, n, n)`` float32 or float64; sample ``s`` is valid on
+  ``[0, lengths[s])`` in both query and key. Arithmetic is float64.
+* Outputs are float64 and preallocated by the caller. Rows and columns past a
+  sample's length are NaN.
+* ``fusion`` is 0 (mean), 1 (max) or 2 (min) over heads.
+
+Work is split over samples with ``prange``; every output element is written
+by one iteration, so results do not depend on the thread count.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+FUSION_CODES = {"mean": 0, "max": 1, "min": 2}
+
+
+@njit(cache=True, nogil=True)
+def fuse_heads(heads, length, fusion, out):
+    """Fuse ``heads`` (H, n, n) over the head axis into ``out[:length, :length]``."""
+    n_heads = heads.shape[0]
+    for i in range(length):
+        for j in range(length):
+            acc = np.float64(heads[0, i, j])
+            for h in range(1, n_heads):
+                x = np.float64(heads[h, i, j])
+                if fusion == 0:
+                    acc += x
+                elif fusion == 1:
+                    acc = max(acc, x)
+                else:
+                    acc = min(acc, x)
+            out[i, j] = acc / n_heads if fusion == 0 else acc
+
+
+@njit(cache=True, nogil=True)
+def discard_smallest(fused, length, ratio):
+    """Zero the ``floor(ratio * length**2)`` smallest entries of ``fused[:length, :length]``.
+
+    Ties keep their row-major order (stable sort), and entry (0, 0) is never
+    discarded, as in vit-explain (its [CLS]-to-[CLS] weight).
+    """
+    count = int(np.floor(ratio * length * length))
+    if count <= 0:
+        return
+    flat = np.empty(length * length)
+    for i in range(length):
+        for j in range(length):
+            flat[i * length + j] = fused[i, j]
+    order = np.argsort(flat, kind="mergesort")
+    for t in range(count):
+        idx = order[t]
+        if idx != 0:
+            fused[idx // length, idx % length] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def augment(fused, length, residual):
+    """``residual * I + (1 - residual) * fused``, each row divided by its own sum.
+
+    A row that sums to 0 (possible only with ``residual == 0``) stays 0.
+    """
+    for i in range(length):
+        total = 0.0
+        for j in range(length):
+            x = (1.0 - residual) * fused[i, j]
+            if i == j:
+                x += residual
+            fused[i, j] = x
+            total += x
+        if total > 0.0:
+            for j in range(length):
+                fused[i, j] /= total
+
+
+@njit(cache=True, nogil=True)
+def _augmented_layer(heads, length, fusion, residual, discard, out):
+    fuse_heads(heads, length, fusion, out)
+    discard_smallest(out, length, discard)
+    augment(out, length, residual)
+
+
+@njit(cache=True, parallel=True)
+def augmented_layers(attn, lengths, fusion, residual, discard, out):
+    """Write the augmented attention Ã of every (sample, layer) into out (S, L, n, n)."""
+    n_samples, n_layers = attn.shape[0], attn.shape[1]
+    for s in prange(n_samples):
+        length = lengths[s]
+        out[s] = np.nan
+        for layer in range(n_layers):
+            _augmented_layer(attn[s, layer], length, fusion, residual, discard, out[s, layer])
+
+
+@njit(cache=True, parallel=True)
+def rollout(attn, lengths, fusion, residual, discard, start_layer, out):
+    """Rollout ``Ã_L ... Ã_start`` of every sample into out (S, n, n)."""
+    n_samples, n_layers, n = attn.shape[0], attn.shape[1], attn.shape[3]
+    for s in prange(n_samples):
+        length = lengths[s]
+        out[s] = np.nan
+        if length == 0:
+            continue
+        layer_mat = np.empty((length, length))
+        result = np.empty((length, length))
+        for layer in range(start_layer, n_layers):
+            _augmented_layer(attn[s, layer], length, fusion, residual, discard, layer_mat)
+            if layer == start_layer:
+                result[:, :] = layer_mat
+            else:
+                result = np.dot(layer_mat, result)
+        out[s, :length, :length] = result
+
+
+@njit(cache=True, parallel=True)
+def grad_rollout(attn, grad, lengths, start_layer, out):
+    """Chefer et al. (2021): ``R <- R + mean_h(max(grad * attn, 0)) @ R`` from R = I."""
+    n_samples, n_layers, n_heads = attn.shape[0], attn.shape[1], attn.shape[2]
+    for s in prange(n_samples):
+        length = lengths[s]
+        out[s] = np.nan
+        if length == 0:
+            continue
+        relevance = np.eye(length)
+        cam = np.empty((length, length))
+        for layer in range(start_layer, n_layers):
+            cam[:, :] = 0.0
+            for h in range(n_heads):
+                for i in range(length):
+                    for j in range(length):
+                        x = np.float64(grad[s, layer, h, i, j]) * np.float64(attn[s, layer, h, i, j])
+                        if x > 0.0:
+                            cam[i, j] += x
+            cam /= n_heads
+            relevance = relevance + np.dot(cam, relevance)
+        out[s, :length, :length] = relevance
+
+
+@njit(cache=True, parallel=True)
+def first_invalid(attn, lengths):
+    """Per sample: flat index (in the valid block) of the first NaN/inf/negative weight, or -1."""
+    n_samples, n_layers, n_heads = attn.shape[0], attn.shape[1], attn.shape[2]
+    bad = np.full(n_samples, -1, dtype=np.int64)
+    for s in prange(n_samples):
+        length = lengths[s]
+        found = False
+        for layer in range(n_layers):
+            for h in range(n_heads):
+                for i in range(length):
+                    for j in range(length):
+                        x = attn[s, layer, h, i, j]
+                        if not (x >= 0.0 and x < np.inf):
+                            bad[s] = ((layer * n_heads + h) * length + i) * length + j
+                            found = True
+                            break
+                    if found:
+                        break
+                if found:
+                    break
+            if found:
+                break
+    return bad
