@@ -1,0 +1,188 @@
+"""ak.rollout, ak.grad_rollout and ak.augmented_attention against the formulas in NumPy."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import attnkit as ak
+
+
+def random_attention(rng, shape, zeros=0.0):
+    a = rng.random(shape)
+    if zeros:
+        a[rng.random(shape) < zeros] = 0.0
+    if shape[-1]:
+        a[..., 0] += 1e-3  # no all-zero rows
+    return a / a.sum(-1, keepdims=True)
+
+
+def ref_augmented(heads, fusion="mean", residual=0.5, discard=0.0):
+    """Ã of one layer (H, n, n) in float64, written straight from the definition."""
+    fused = {"mean": np.mean, "max": np.max, "min": np.min}[fusion](heads, axis=0)
+    n = fused.shape[0]
+    count = int(np.floor(discard * n * n))
+    if count:
+        order = np.argsort(fused.ravel(), kind="stable")[:count]
+        flat = fused.ravel().copy()
+        flat[order[order != 0]] = 0.0
+        fused = flat.reshape(n, n)
+    a = residual * np.eye(n) + (1 - residual) * fused
+    return a / a.sum(axis=1, keepdims=True)
+
+
+def ref_rollout(layers, fusion="mean", residual=0.5, discard=0.0, start=0):
+    result = None
+    for heads in layers[start:]:
+        a = ref_augmented(heads, fusion, residual, discard)
+        result = a if result is None else a @ result
+    return result
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+@pytest.mark.parametrize("residual", [0.0, 0.5, 0.9])
+def test_rollout_matches_formula(rng, fusion, residual):
+    a = random_attention(rng, (3, 4, 3, 7, 7), zeros=0.3)
+    got = ak.rollout(a, head_fusion=fusion, residual=residual)
+    for s in range(3):
+        np.testing.assert_allclose(got[s], ref_rollout(a[s], fusion, residual), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("discard", [0.1, 0.5, 0.9])
+def test_rollout_discard_ratio(rng, discard):
+    a = random_attention(rng, (2, 3, 2, 6, 6))
+    got = ak.rollout(a, discard_ratio=discard)
+    for s in range(2):
+        np.testing.assert_allclose(got[s], ref_rollout(a[s], discard=discard), rtol=1e-12)
+
+
+def test_rollout_start_layer_and_negative_index(rng):
+    a = random_attention(rng, (5, 2, 6, 6))
+    np.testing.assert_allclose(ak.rollout(a, start_layer=2), ref_rollout(a, start=2), rtol=1e-12)
+    np.testing.assert_array_equal(ak.rollout(a, start_layer=-3), ak.rollout(a, start_layer=2))
+
+
+def test_rollout_rows_are_stochastic_and_float32_works(rng):
+    a = random_attention(rng, (2, 6, 4, 9, 9)).astype(np.float32)
+    r = ak.rollout(a)
+    assert r.dtype == np.float64
+    np.testing.assert_allclose(r.sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(r, ak.rollout(a.astype(np.float64)), rtol=1e-6)
+
+
+def test_rollout_respects_lengths(rng):
+    n, lengths = 8, [8, 5, 1, 0]
+    a = np.full((4, 3, 2, n, n), np.nan)
+    for s, length in enumerate(lengths):
+        a[s, :, :, :length, :length] = random_attention(rng, (3, 2, length, length))
+    r = ak.rollout(a, lengths=lengths)
+    for s, length in enumerate(lengths):
+        if length:
+            np.testing.assert_allclose(r[s, :length, :length],
+                                       ref_rollout(a[s, :, :, :length, :length]), rtol=1e-12)
+        assert np.isnan(r[s, length:, :]).all() and np.isnan(r[s, :, length:]).all()
+
+
+def test_rollout_keeps_leading_batch_dims(rng):
+    a = random_attention(rng, (2, 3, 2, 2, 5, 5))
+    r = ak.rollout(a)
+    assert r.shape == (2, 3, 5, 5)
+    np.testing.assert_allclose(r[1, 2], ref_rollout(a[1, 2]), rtol=1e-12)
+
+
+def test_one_layer_rollout_is_augmented_row(rng):
+    a = random_attention(rng, (1, 3, 6, 6))
+    np.testing.assert_allclose(ak.rollout(a), ref_augmented(a[0]), rtol=1e-12)
+    np.testing.assert_allclose(ak.augmented_attention(a)[0], ref_augmented(a[0]), rtol=1e-12)
+
+
+def test_augmented_attention_padding_is_nan(rng):
+    a = random_attention(rng, (2, 2, 2, 5, 5))
+    out = ak.augmented_attention(a, lengths=[5, 3], residual=0.3, head_fusion="max")
+    assert out.shape == (2, 2, 5, 5)
+    np.testing.assert_allclose(out[1, 1, :3, :3], ref_augmented(a[1, 1, :, :3, :3], "max", 0.3))
+    assert np.isnan(out[1, :, 3:]).all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 7), layers=st.integers(1, 4), residual=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1))
+def test_rollout_rows_stochastic_property(n, layers, residual, seed):
+    a = random_attention(np.random.default_rng(seed), (layers, 2, n, n), zeros=0.5)
+    r = ak.rollout(a, residual=residual)
+    assert (r >= 0).all()
+    np.testing.assert_allclose(r.sum(-1), 1.0, rtol=1e-10)
+
+
+def ref_grad_rollout(attn, grad, start=0):
+    n = attn.shape[-1]
+    relevance = np.eye(n)
+    for a, g in zip(attn[start:], grad[start:]):
+        cam = np.clip(g * a, 0, None).mean(axis=0)
+        relevance = relevance + cam @ relevance
+    return relevance
+
+
+def test_grad_rollout_matches_formula(rng):
+    a = random_attention(rng, (2, 4, 3, 6, 6))
+    g = rng.standard_normal(a.shape)
+    got = ak.grad_rollout(a, g, start_layer=1)
+    for s in range(2):
+        np.testing.assert_allclose(got[s], ref_grad_rollout(a[s], g[s], start=1), rtol=1e-12)
+
+
+def test_grad_rollout_lengths_and_shape_errors(rng):
+    a = random_attention(rng, (2, 2, 2, 5, 5))
+    g = rng.standard_normal(a.shape)
+    got = ak.grad_rollout(a, g, lengths=[5, 2])
+    np.testing.assert_allclose(got[1, :2, :2],
+                               ref_grad_rollout(a[1, :, :, :2, :2], g[1, :, :, :2, :2]), rtol=1e-12)
+    assert np.isnan(got[1, 2:]).all()
+    with pytest.raises(ValueError, match=r"grad: expected shape .* Fix: save one gradient"):
+        ak.grad_rollout(a, g[:, :1])
+
+
+def test_xarray_dataset_and_dask_give_the_same_numbers(rng):
+    lengths = [6, 4, 5]
+    a = np.stack([np.pad(random_attention(rng, (3, 2, m, m)), ((0, 0), (0, 0), (0, 6 - m), (0, 6 - m)))
+                  for m in lengths])
+    g = rng.standard_normal(a.shape)
+    ds = ak.from_arrays([a[s, :, :, :m, :m] for s, m in enumerate(lengths)],
+                        gradient=[g[s, :, :, :m, :m] for s, m in enumerate(lengths)])
+    expected = ak.rollout(a, lengths=lengths)
+    r = ak.rollout(ds)
+    assert r.dims == ("sample", "query", "key") and r.name == "rollout"
+    np.testing.assert_allclose(r.values, expected, rtol=1e-12, equal_nan=True)
+    lazy = ak.rollout(ds.chunk({"sample": 1}))
+    assert lazy.chunks is not None
+    np.testing.assert_allclose(lazy.compute().values, expected, rtol=1e-12, equal_nan=True)
+    gr = ak.grad_rollout(ds, None)
+    np.testing.assert_allclose(gr.values, ak.grad_rollout(np.nan_to_num(a), np.nan_to_num(g),
+                                                          lengths=lengths), equal_nan=True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(head_fusion="median"), r"head_fusion: expected 'mean', 'max' or 'min'"),
+    (dict(residual=1.5), r"residual: expected a number in \[0, 1\]"),
+    (dict(discard_ratio=1.0), r"discard_ratio: expected a number in \[0, 1\)"),
+    (dict(start_layer=3), r"start_layer: expected an int layer index in \[0, 3\)"),
+    (dict(lengths=[9]), r"lengths: expected lengths in \[0, 4\]"),
+    (dict(backend="tpu"), r"backend: expected one of"),
+])
+def test_rollout_bad_arguments(rng, kwargs, match):
+    a = random_attention(rng, (1, 3, 2, 4, 4))
+    with pytest.raises(ValueError, match=match):
+        ak.rollout(a, **kwargs)
+
+
+def test_rollout_rejects_bad_weights_naming_the_place(rng):
+    a = random_attention(rng, (2, 2, 4, 4))
+    a[1, 0, 2, 3] = -0.1
+    with pytest.raises(ValueError, match=r"attn: .*-0.1 at sample \(\), layer 1, head 0, query 2, key 3"):
+        ak.rollout(a)
+    a[1, 0, 2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"finite, non-negative"):
+        ak.rollout(a)
+    with pytest.raises(ValueError, match=r"attn: expected shape \(\.\.\., layer, head, n, n\)"):
+        ak.rollout(a[..., :3])
+    with pytest.raises(TypeError, match=r"attn: expected float16.*got int64"):
+        ak.rollout(np.ones((1, 1, 2, 2), dtype=np.int64))
