@@ -12,7 +12,7 @@ Examples
 (8, 4, 16)
 """
 
-from . import importers, masks, positional
+from . import importers, masks, models, positional
 from ._version import __version__
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
 from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, validate
@@ -20,6 +20,7 @@ from .importers import from_hf_attentions
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .options import get_options, set_options
 from .rollout import augmented_attention, grad_rollout, rollout
+from .stats import head_stats
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "linear_attention",
     "masks",
     "importers",
+    "models",
     "from_hf_attentions",
     "positional",
     "get_options",
@@ -49,4 +51,5 @@ __all__ = [
     "rollout",
     "grad_rollout",
     "augmented_attention",
+    "head_stats",
 ]

