@@ -42,6 +42,8 @@ _RESERVED_ATTRS = ("attnkit_schema",)
 def _xr():
     import xarray as xr
 
+    from . import accessor  # noqa: F401  (registers ds.attn on datasets attnkit makes)
+
     return xr
 
 

@@ -1,0 +1,76 @@
+"""The ``ds.attn`` accessor: attnkit's functions as methods of attention datasets.
+
+Every method only delegates to the public function of the same job, passing
+the dataset as the first argument, so the two spellings always agree::
+
+    ds.attn.head_stats()   == ak.head_stats(ds)
+    ds.attn.rollout(...)   == ak.rollout(ds, ...)
+
+The accessor is registered when this module is imported; ``ak.from_arrays``
+and ``ak.open_dataset`` import it, so datasets made by attnkit always have it.
+For a Dataset built by hand, ``import attnkit.accessor`` first.
+
+Examples
+--------
+>>> import numpy as np, attnkit as ak
+>>> ds = ak.from_arrays(np.full((2, 1, 3, 3), 1 / 3))
+>>> ds.attn.rollout().dims
+('sample', 'query', 'key')
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import xarray as xr
+
+__all__ = ["AttentionAccessor"]
+
+
+def _public(name: str):
+    """The public attnkit function ``name``, imported when first needed."""
+    ak = importlib.import_module("attnkit")
+    return getattr(ak, name)
+
+
+@xr.register_dataset_accessor("attn")
+class AttentionAccessor:
+    """Methods of an attention dataset (schema 1); see :mod:`attnkit.accessor`."""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def validate(self, **kwargs):
+        """Check the schema; see :func:`attnkit.validate`."""
+        return _public("validate")(self._ds, **kwargs)
+
+    def save(self, path, **kwargs):
+        """Write atomically; see :func:`attnkit.save_dataset`."""
+        return _public("save_dataset")(self._ds, path, **kwargs)
+
+    def head_stats(self, **kwargs):
+        """Per-head statistics; see :func:`attnkit.head_stats`."""
+        return _public("head_stats")(self._ds, **kwargs)
+
+    stats = head_stats
+
+    def rollout(self, **kwargs):
+        """Attention rollout; see :func:`attnkit.rollout`."""
+        return _public("rollout")(self._ds, **kwargs)
+
+    def grad_rollout(self, **kwargs):
+        """Gradient-weighted rollout from the stored ``gradient``; see :func:`attnkit.grad_rollout`."""
+        return _public("grad_rollout")(self._ds, None, **kwargs)
+
+    def flow(self, **kwargs):
+        """Attention flow; see :func:`attnkit.attention_flow`."""
+        return _public("attention_flow")(self._ds, **kwargs)
+
+    def correlate(self, score, impact, **kwargs):
+        """Correlate an attention score with impact; see :func:`attnkit.correlate`."""
+        return _public("correlate")(score, impact, **kwargs)
+
+    def plot(self, kind: str = "heatmap", **kwargs):
+        """Draw a figure of this dataset; see :mod:`attnkit.plot`."""
+        plot = importlib.import_module("attnkit.plot")
+        return plot.plot_dataset(self._ds, kind=kind, **kwargs)
