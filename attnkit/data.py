@@ -19,10 +19,12 @@ written or read, so ``import attnkit`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -609,9 +611,27 @@ def save_dataset(ds, path, *, format: str | None = None) -> None:
     >>> back.identical(ds)
     True
     """
+    validate(ds)
+    write_atomic(ds, path, format=format)
+
+
+def write_atomic(ds, path, *, format: str | None = None) -> None:
+    """Write any Dataset to netCDF4 or zarr atomically, without schema checks.
+
+    :func:`save_dataset` validates and then calls this; analysis results
+    (head statistics, rollout, flow) that are not attention datasets are
+    written with it directly.
+
+    Examples
+    --------
+    >>> import os, tempfile, xarray as xr
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_atomic(xr.Dataset({"x": ("a", [1.0, 2.0])}), os.path.join(tmp, "r.nc"))
+    ...     sorted(os.listdir(tmp))
+    ['r.nc']
+    """
     path = Path(os.fspath(path))
     fmt = _format_of(path, format)
-    validate(ds)
     ds = _clean_for_writing(ds)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -649,6 +669,23 @@ def save_dataset(ds, path, *, format: str | None = None) -> None:
         raise
     if aside is not None:
         _remove(aside)
+
+
+def _dask_available() -> bool:
+    try:
+        import dask  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_chunk_warning():
+    """Silence xarray's warning that lazy chunks split stored chunks: the small
+    1-D variables (``length``) are stored whole, and splitting them is harmless."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified chunks separate")
+        yield
 
 
 def open_dataset(path, *, chunks=None):
@@ -691,21 +728,16 @@ def open_dataset(path, *, chunks=None):
                                 f"got no such file. Fix: check the path, or write one with "
                                 f"ak.save_dataset")
     fmt = "zarr" if (path.is_dir() or path.suffix.lower() == ".zarr") else "netcdf"
-    lazy = False
-    if chunks is not None:
-        try:
-            import dask  # noqa: F401
-
-            lazy = True
-        except ImportError:
-            lazy = False
+    lazy = chunks is not None and _dask_available()
     try:
         if fmt == "zarr":
             import zarr  # noqa: F401
 
-            ds = xr.open_zarr(path, chunks=chunks if lazy else None)
+            with _quiet_chunk_warning():
+                ds = xr.open_zarr(path, chunks=chunks if lazy else None)
         else:
-            ds = xr.open_dataset(path, engine="h5netcdf", chunks=chunks if lazy else None)
+            with _quiet_chunk_warning():
+                ds = xr.open_dataset(path, engine="h5netcdf", chunks=chunks if lazy else None)
         if not lazy:
             loaded = ds.load()
             ds.close()

@@ -217,10 +217,25 @@ def test_netcdf_storage_settings(tmp_path, rng):
         assert att.chunks[0] == 1 and att.chunks[1:] == att.shape[1:]
 
 
-def test_open_with_chunks_without_dask_loads(tmp_path, rng):
+@pytest.mark.parametrize("name", FORMATS)
+def test_open_with_chunks_is_lazy_and_identical(tmp_path, rng, name):
+    pytest.importorskip("dask")
+    ds, _ = ragged_dataset(rng, extras=False)
+    ak.save_dataset(ds, tmp_path / name)
+    back = ak.open_dataset(tmp_path / name, chunks={"sample": 1})
+    assert back["attention"].chunks is not None
+    assert back["attention"].chunksizes["sample"] == (1,) * ds.sizes["sample"]
+    xr.testing.assert_identical(back.load(), ds)
+
+
+def test_open_with_chunks_without_dask_loads(tmp_path, rng, monkeypatch):
+    import attnkit.data
+
     ds, _ = ragged_dataset(rng, extras=False)
     ak.save_dataset(ds, tmp_path / "x.nc")
+    monkeypatch.setattr(attnkit.data, "_dask_available", lambda: False)
     back = ak.open_dataset(tmp_path / "x.nc", chunks={"sample": 1})
+    assert back["attention"].chunks is None
     xr.testing.assert_identical(back, ds)
 
 
