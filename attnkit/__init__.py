@@ -12,12 +12,13 @@ Examples
 (8, 4, 16)
 """
 
-from . import importers, masks, models, positional
+from . import equivariance, importers, masks, models, positional
 from ._version import __version__
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
 from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, validate
 from .importers import from_hf_attentions
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
+from .equivariance import check_equivariance
 from .options import get_options, set_options
 from .rollout import augmented_attention, grad_rollout, rollout
 from .stats import head_stats
@@ -35,6 +36,8 @@ __all__ = [
     "linear_attention",
     "masks",
     "importers",
+    "equivariance",
+    "check_equivariance",
     "models",
     "from_hf_attentions",
     "positional",

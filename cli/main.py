@@ -15,6 +15,8 @@ from attnkit._version import __version__
 # command name -> (module, attribute, one-line help shown by --help)
 COMMANDS = {
     "attend": ("attnkit_cli.attend", "attend", "Compute attention on saved q/k/v tensors."),
+    "equivariance": ("attnkit_cli.equivariance", "equivariance",
+                     "Check which attention functions are permutation equivariant."),
     "compute": ("attnkit_cli.compute", "compute",
                 "Run the built-in MiniLM on sentences and save the attention dataset."),
 }
