@@ -1,0 +1,797 @@
+"""Correlation of attention scores with impact, per instance, with uncertainty.
+
+:func:`correlate` computes one Kendall tau-b, Spearman rho or Pearson r (and
+its two-sided p-value) per instance over the instance's valid positions, then
+summarises across instances: the mean with a seeded percentile-bootstrap
+confidence interval and the fraction of instances significant at ``alpha``
+(as Jain & Wallace 2019 report). :func:`compare_correlations` compares two
+scores against the same target, instance by instance.
+
+NumPy inputs give a :class:`CorrelationResult`; xarray inputs give an
+``xarray.Dataset`` with the same names (``statistic``, ``pvalue``,
+``n_positions``, ``mean_statistic``, ``ci_low``, ``ci_high``, ``significant_fraction``,
+``n_instances``). ``CorrelationResult.to_dataset()`` converts the first into
+the second.
+
+The statistics and p-values are those of ``scipy.stats.kendalltau`` (tau-b,
+``method="auto"``), ``spearmanr`` and ``pearsonr`` to about 1e-12; the
+kernels are batched Numba loops (``attnkit.kernels.cpu.correlate``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import errors
+
+__all__ = [
+    "correlate",
+    "compare_correlations",
+    "CorrelationResult",
+    "PairedComparison",
+    "DegenerateInputWarning",
+    "ConstantInputWarning",
+    "TooFewPositionsWarning",
+    "METHODS",
+    "SPECIAL_TOKENS",
+]
+
+METHODS = ("kendall", "spearman", "pearson")
+PVALUE_METHODS = ("auto", "asymptotic")
+
+#: Tokens dropped by ``exclude="special"`` (BERT, RoBERTa/GPT-2, SentencePiece).
+SPECIAL_TOKENS = frozenset({
+    "[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<cls>", "<sep>", "<bos>", "<eos>",
+    "<|endoftext|>",
+})
+
+
+class DegenerateInputWarning(RuntimeWarning):
+    """Some instances have no defined correlation; their statistic is NaN."""
+
+
+class ConstantInputWarning(DegenerateInputWarning):
+    """An input is constant over an instance's valid positions (statistic NaN)."""
+
+
+class TooFewPositionsWarning(DegenerateInputWarning):
+    """An instance has fewer than 2 valid positions (statistic NaN)."""
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass(frozen=True, repr=False)
+class CorrelationResult:
+    """Per-instance correlations and their summary across instances (NumPy inputs).
+
+    Attributes
+    ----------
+    statistic, pvalue : ndarray
+        One value per instance (the input shape without ``dim``); NaN where
+        undefined (fewer than 2 valid positions, or a constant input).
+    n_positions : ndarray of int
+        Valid positions per instance.
+    mean_statistic, ci_low, ci_high : ndarray
+        Mean statistic over the defined instances and its percentile-bootstrap
+        interval; shape = the instance shape without the ``over`` axes (0-d
+        when every instance is pooled).
+    significant_fraction : ndarray
+        Fraction of the defined instances with ``pvalue < alpha``.
+    n_instances : ndarray of int
+        Defined (non-NaN) instances behind each summary value.
+    method, ci, alpha, n_boot, seed, over, pvalue_method
+        The settings used; ``over`` holds the summarised instance axes.
+    """
+
+    statistic: np.ndarray
+    pvalue: np.ndarray
+    n_positions: np.ndarray
+    mean_statistic: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    significant_fraction: np.ndarray
+    n_instances: np.ndarray
+    method: str
+    ci: float
+    alpha: float
+    n_boot: int
+    seed: int | None
+    over: tuple = field(default=())
+    pvalue_method: str = "auto"
+
+    def to_dataset(self):
+        """The result as an ``xarray.Dataset`` (instance dims ``instance_0, ...``).
+
+        Examples
+        --------
+        >>> import numpy as np, attnkit as ak
+        >>> r = ak.correlate(np.arange(12.0).reshape(3, 4), np.arange(12.0).reshape(3, 4) ** 2)
+        >>> sorted(r.to_dataset().data_vars)  # doctest: +NORMALIZE_WHITESPACE
+        ['ci_high', 'ci_low', 'mean_statistic', 'n_instances', 'n_positions',
+         'pvalue', 'significant_fraction', 'statistic']
+        """
+        import xarray as xr
+
+        inst = tuple(f"instance_{i}" for i in range(np.ndim(self.statistic)))
+        kept = tuple(d for i, d in enumerate(inst) if i not in self.over)
+        data = {name: (inst, getattr(self, name)) for name in ("statistic", "pvalue", "n_positions")}
+        for name in ("mean_statistic", "ci_low", "ci_high", "significant_fraction", "n_instances"):
+            data[name] = (kept, getattr(self, name))
+        return xr.Dataset(data, attrs=_attrs(self.method, self.ci, self.alpha, self.n_boot,
+                                             self.seed, [inst[i] for i in self.over],
+                                             self.pvalue_method))
+
+    def __repr__(self) -> str:
+        shape = np.shape(self.statistic)
+        head = (f"CorrelationResult({self.method}, {int(np.sum(self.n_instances))} of "
+                f"{int(np.prod(shape, dtype=np.int64))} instances defined, shape {shape})")
+        if np.ndim(self.mean_statistic) == 0:
+            return (f"{head}\n  mean {float(self.mean_statistic):.4f}, {self.ci:.0%} CI "
+                    f"[{float(self.ci_low):.4f}, {float(self.ci_high):.4f}], significant at "
+                    f"{self.alpha:g}: {float(self.significant_fraction):.1%}")
+        return f"{head}\n  summary over axes {self.over}: mean of shape {np.shape(self.mean_statistic)}"
+
+
+@dataclass(frozen=True, repr=False)
+class PairedComparison:
+    """Two scores correlated with the same target, compared instance by instance.
+
+    Attributes
+    ----------
+    statistic_a, statistic_b : ndarray
+        Per-instance statistics of the two scores.
+    difference : ndarray
+        ``statistic_a - statistic_b`` (NaN where either is undefined).
+    mean_difference, ci_low, ci_high : ndarray
+        Mean difference over the instances and its percentile-bootstrap interval.
+    fraction_a_greater : ndarray
+        Fraction of the instances where ``statistic_a > statistic_b``.
+    n_instances : ndarray of int
+        Instances with both statistics defined.
+    method, ci, n_boot, seed, over
+        The settings used.
+    """
+
+    statistic_a: np.ndarray
+    statistic_b: np.ndarray
+    difference: np.ndarray
+    mean_difference: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    fraction_a_greater: np.ndarray
+    n_instances: np.ndarray
+    method: str
+    ci: float
+    n_boot: int
+    seed: int | None
+    over: tuple = field(default=())
+
+    def __repr__(self) -> str:
+        if np.ndim(self.mean_difference) == 0:
+            return (f"PairedComparison({self.method}, {int(self.n_instances)} instances)\n"
+                    f"  mean difference a - b {float(self.mean_difference):.4f}, {self.ci:.0%} CI "
+                    f"[{float(self.ci_low):.4f}, {float(self.ci_high):.4f}], a > b in "
+                    f"{float(self.fraction_a_greater):.1%}")
+        return (f"PairedComparison({self.method}, summary over axes {self.over}, "
+                f"shape {np.shape(self.mean_difference)})")
+
+
+def _attrs(method, ci, alpha, n_boot, seed, over, pvalue_method):
+    attrs = {"method": method, "ci": float(ci), "n_boot": int(n_boot),
+             "seed": -1 if seed is None else int(seed), "over": ",".join(over)}
+    if alpha is not None:
+        attrs["alpha"] = float(alpha)
+        attrs["pvalue_method"] = pvalue_method
+    return attrs
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise errors.value_error(name, " | ".join(repr(c) for c in choices), repr(value),
+                                 "pick one of those")
+    return value
+
+
+def _check_fraction(name, value):
+    ok = isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, bool)
+    if not ok or not 0.0 < float(value) < 1.0:
+        raise errors.value_error(name, "a number strictly between 0 and 1", repr(value),
+                                 f"pass e.g. {name}=0.95" if name == "ci" else f"pass e.g. {name}=0.05")
+    return float(value)
+
+
+def _check_seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise errors.value_error("seed", "a non-negative int or None", repr(seed),
+                                 "pass e.g. seed=0 (None draws a fresh, unreproducible seed)")
+    return int(seed)
+
+
+def _as_real(name, value):
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected a real numeric array (float, int or bool), got dtype "
+                        f"{a.dtype}. Fix: convert it, e.g. np.asarray({name}, dtype=float).")
+    if a.ndim == 0:
+        raise errors.shape_error(name, "(..., n) with at least one axis", a.shape,
+                                 "pass one value per position")
+    return a
+
+
+# ----------------------------------------------------------------------------- preparation
+def _normalise_axis(dim, ndim):
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim: expected an int axis for NumPy inputs, got {dim!r}. "
+                        f"Fix: pass an axis such as dim=-1, or pass xarray DataArrays to use names.")
+    if not -ndim <= dim < ndim:
+        raise errors.value_error("dim", f"an axis in [{-ndim}, {ndim})", dim,
+                                 "pass the axis that holds the positions")
+    return int(dim) % ndim
+
+
+def _broadcast(x, y):
+    try:
+        shape = np.broadcast_shapes(x.shape, y.shape)
+    except ValueError:
+        raise errors.shape_error("y", f"a shape broadcastable with x {x.shape}", y.shape,
+                                 "insert size-1 axes so that the instance axes line up, "
+                                 "e.g. y[:, None, :] for one target per sample") from None
+    return shape
+
+
+def _lengths_mask(lengths, inst_shape, n):
+    """Boolean (*inst_shape, n): position < length."""
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise errors.value_error("lengths", "integers", f"dtype {arr.dtype}",
+                                     "pass whole numbers, e.g. lengths.astype(int)")
+    try:
+        arr = np.broadcast_to(arr, inst_shape)
+    except ValueError:
+        raise errors.shape_error("lengths", f"{inst_shape} or broadcastable to it (one length per "
+                                 "instance)", arr.shape, "give one length per sample") from None
+    if arr.size and (arr.min() < 0 or arr.max() > n):
+        bad = int(arr[(arr < 0) | (arr > n)].flat[0])
+        raise errors.value_error("lengths", f"lengths in [0, {n}]", bad,
+                                 "lengths count valid positions and cannot exceed the axis size")
+    return np.arange(n) < arr[..., None]
+
+
+def _exclude_mask(exclude, tokens, valid, full_shape, axis):
+    """Boolean (*inst_shape, n) of positions to drop (``valid`` is (*inst, n))."""
+    n = valid.shape[-1]
+    if isinstance(exclude, str):
+        if exclude != "special":
+            raise errors.value_error("exclude", "'special', a boolean mask or a list of positions",
+                                     repr(exclude), "pass exclude='special' to drop [CLS]/[SEP]")
+        if tokens is None:
+            raise errors.value_error(
+                "exclude", "tokens to find special tokens in", "exclude='special' without tokens",
+                "pass tokens=... (or xarray inputs with a 'token' coordinate), or list the "
+                "positions, e.g. exclude=[0, -1]")
+        tok = np.asarray(tokens)
+        try:
+            tok = np.moveaxis(np.broadcast_to(tok, full_shape), axis, -1)
+        except ValueError:
+            raise errors.shape_error("tokens", f"broadcastable to {full_shape}", tok.shape,
+                                     "pass one token per position") from None
+        return np.isin(tok, list(SPECIAL_TOKENS))
+    arr = np.asarray(exclude)
+    if arr.dtype.kind == "b":
+        try:
+            return np.moveaxis(np.broadcast_to(arr, full_shape), axis, -1)
+        except ValueError:
+            raise errors.shape_error("exclude", f"a boolean mask broadcastable to {full_shape}",
+                                     arr.shape, "pass True at the positions to drop") from None
+    if arr.dtype.kind in "iu" and arr.ndim <= 1:
+        positions = arr.reshape(-1).astype(np.int64)
+        if positions.size and (positions.min() < -n or positions.max() >= n):
+            raise errors.value_error("exclude", f"positions in [{-n}, {n})", positions.tolist(),
+                                     "count from 0, or from -1 for the last valid position")
+        drop = np.zeros(valid.shape, dtype=bool)
+        # negative positions count back from each instance's last valid position
+        any_valid = valid.any(axis=-1)
+        end = np.where(any_valid, n - np.argmax(valid[..., ::-1], axis=-1), 0)
+        for p in positions:
+            if p >= 0:
+                drop[..., p] = True
+            else:
+                target = end + p
+                rows = np.nonzero(target >= 0)
+                drop[rows + (target[rows],)] = True
+        return drop
+    raise TypeError(f"exclude: expected 'special', a boolean mask or a list of int positions, got "
+                    f"{type(exclude).__name__} of dtype {arr.dtype}. Fix: e.g. exclude=[0, -1].")
+
+
+def _prepare(x, y, axis, lengths, exclude, tokens):
+    """Flatten to kernel form: x, y (B, n) float64, valid (B, n) uint8, inst_shape."""
+    shape = _broadcast(x, y)
+    xb = np.moveaxis(np.broadcast_to(x, shape), axis, -1)
+    yb = np.moveaxis(np.broadcast_to(y, shape), axis, -1)
+    inst_shape, n = xb.shape[:-1], xb.shape[-1]
+    valid = np.ones(xb.shape, dtype=bool)
+    if xb.dtype.kind == "f":
+        valid &= ~np.isnan(xb)
+    if yb.dtype.kind == "f":
+        valid &= ~np.isnan(yb)
+    if lengths is not None:
+        valid &= _lengths_mask(lengths, inst_shape, n)
+    if exclude is not None:
+        valid &= ~_exclude_mask(exclude, tokens, valid, shape, axis)
+    elif tokens is not None:
+        raise errors.value_error("tokens", "exclude='special' alongside tokens", "tokens alone",
+                                 "pass exclude='special' to drop special tokens, or drop tokens=")
+    xs = np.ascontiguousarray(xb, dtype=np.float64).reshape(-1, n)
+    ys = np.ascontiguousarray(yb, dtype=np.float64).reshape(-1, n)
+    return xs, ys, valid.reshape(-1, n).view(np.uint8), inst_shape
+
+
+# ----------------------------------------------------------------------------- statistics
+def _statistics(xs, ys, valid, method, pvalue_method):
+    """statistic, pvalue, count (B,) for the flattened rows."""
+    from scipy import special
+
+    from .kernels.cpu import correlate as kernels
+
+    rows = xs.shape[0]
+    stat = np.empty(rows)
+    count = np.empty(rows, dtype=np.int64)
+    if method == "kendall":
+        pexact = np.empty(rows)
+        z = np.empty(rows)
+        kernels.kendall(xs, ys, valid, 1 if pvalue_method == "auto" else 0, kernels.FACTORIAL,
+                        stat, pexact, z, count)
+        pvalue = np.where(np.isnan(pexact), 2 * special.ndtr(-np.abs(z)), pexact)
+        return stat, pvalue, count
+    if method == "spearman":
+        kernels.spearman(xs, ys, valid, stat, count)
+        dof = (count - 2).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = stat * np.sqrt((dof / ((stat + 1.0) * (1.0 - stat))).clip(0))
+        pvalue = 2 * special.stdtr(dof, -np.abs(t))
+    else:
+        kernels.pearson(xs, ys, valid, stat, count)
+        ab = count / 2.0 - 1.0
+        with np.errstate(invalid="ignore"):
+            pvalue = 2 * _betaincc(ab, ab, (np.abs(stat) + 1.0) / 2.0)
+    # two positions always fit a line perfectly: no evidence either way
+    pvalue = np.where(count == 2, 1.0, pvalue)
+    pvalue[np.isnan(stat)] = np.nan
+    return stat, pvalue, count
+
+
+def _betaincc(a, b, x):
+    from scipy import special
+
+    if hasattr(special, "betaincc"):  # scipy >= 1.11
+        return special.betaincc(a, b, x)
+    return special.betainc(b, a, 1.0 - x)
+
+
+def _warn_degenerate(stat, count, what, stacklevel):
+    few = count < 2
+    constant = np.isnan(stat) & ~few
+    total = stat.size
+    if few.any():
+        warnings.warn(TooFewPositionsWarning(
+            f"{int(few.sum())} of {total} instances{what} have fewer than 2 valid positions; "
+            f"their statistic is NaN (first: instance {int(np.argmax(few))} in C order)."),
+            stacklevel=stacklevel)
+    if constant.any():
+        warnings.warn(ConstantInputWarning(
+            f"{int(constant.sum())} of {total} instances{what} have a constant input over their "
+            f"valid positions, where the correlation is not defined; their statistic is NaN "
+            f"(first: instance {int(np.argmax(constant))} in C order)."),
+            stacklevel=stacklevel)
+
+
+# ----------------------------------------------------------------------------- summary
+def bootstrap_mean(values, *, n_boot=2000, ci=0.95, seed=0):
+    """Mean of the non-NaN ``values`` with a percentile-bootstrap interval.
+
+    Resamples the values with replacement ``n_boot`` times from
+    ``np.random.default_rng(seed)``; the interval holds the central ``ci`` of
+    the resampled means. Returns ``(mean, low, high, count)``; NaNs when no
+    value is defined.
+
+    Examples
+    --------
+    >>> from attnkit.correlate import bootstrap_mean
+    >>> mean, low, high, count = bootstrap_mean([0.1, 0.3, 0.2, 0.6], seed=0)
+    >>> round(mean, 3), low <= mean <= high, count
+    (0.3, True, 4)
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[~np.isnan(v)]
+    k = v.size
+    if k == 0:
+        return np.nan, np.nan, np.nan, 0
+    mean = float(v.mean())
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, (1 << 21) // k)  # keep the index block near 16 MB
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        means[start:stop] = v[rng.integers(0, k, size=(stop - start, k))].mean(axis=1)
+    tail = (1.0 - ci) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return mean, float(low), float(high), k
+
+
+def _grouped(arrays, over, inst_shape):
+    """Move the ``over`` axes last and flatten: each array becomes (G, K); returns kept shape."""
+    kept = tuple(i for i in range(len(inst_shape)) if i not in over)
+    order = kept + tuple(over)
+    kept_shape = tuple(inst_shape[i] for i in kept)
+    g = int(np.prod(kept_shape, dtype=np.int64))
+    return [np.transpose(a, order).reshape(g, -1) for a in arrays], kept_shape
+
+
+def _summarise(stat, pvalue, over, alpha, ci, n_boot, seed):
+    (s, p), kept_shape = _grouped([stat, pvalue], over, stat.shape)
+    out = np.empty((5, s.shape[0]))
+    for g in range(s.shape[0]):
+        mean, low, high, k = bootstrap_mean(s[g], n_boot=n_boot, ci=ci, seed=seed)
+        defined = ~np.isnan(s[g])
+        frac = float(np.mean(p[g][defined] < alpha)) if k else np.nan
+        out[:, g] = (mean, low, high, frac, k)
+    shaped = [row.reshape(kept_shape) for row in out]
+    shaped[4] = shaped[4].astype(np.int64)
+    return [a[()] if a.ndim == 0 else a for a in shaped]
+
+
+def _summarise_paired(a, b, over, ci, n_boot, seed):
+    diff = a - b
+    (d, sa, sb), kept_shape = _grouped([diff, a, b], over, diff.shape)
+    out = np.empty((5, d.shape[0]))
+    for g in range(d.shape[0]):
+        mean, low, high, k = bootstrap_mean(d[g], n_boot=n_boot, ci=ci, seed=seed)
+        defined = ~np.isnan(d[g])
+        frac = float(np.mean(sa[g][defined] > sb[g][defined])) if k else np.nan
+        out[:, g] = (mean, low, high, frac, k)
+    shaped = [row.reshape(kept_shape) for row in out]
+    shaped[4] = shaped[4].astype(np.int64)
+    return diff, [x[()] if x.ndim == 0 else x for x in shaped]
+
+
+def _over_axes(over, ndim):
+    if over is None:
+        return tuple(range(ndim))
+    items = over if isinstance(over, (tuple, list)) else (over,)
+    axes = []
+    for item in items:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)) \
+                or not -ndim <= item < ndim:
+            raise errors.value_error("over", f"instance axes in [{-ndim}, {ndim}) (the result's "
+                                     "axes, i.e. the input's without dim)", repr(over),
+                                     "pass e.g. over=0 to summarise across the first axis")
+        axes.append(int(item) % ndim)
+    if len(set(axes)) != len(axes):
+        raise errors.value_error("over", "distinct axes", repr(over), "list each axis once")
+    return tuple(sorted(axes))
+
+
+def _check_common(method, ci, alpha, n_boot, seed, pvalue_method):
+    _check_choice("method", method, METHODS)
+    _check_choice("pvalue_method", pvalue_method, PVALUE_METHODS)
+    return (_check_fraction("ci", ci), _check_fraction("alpha", alpha),
+            errors.positive_int("n_boot", n_boot), _check_seed(seed))
+
+
+# ----------------------------------------------------------------------------- xarray
+def _is_xarray(obj) -> bool:
+    return type(obj).__module__.startswith("xarray.")
+
+
+def _xr_inputs(x, y, dim, lengths, exclude, tokens, over):
+    """Broadcast DataArrays by name; return NumPy arrays plus the labels to rebuild."""
+    import xarray as xr
+
+    for name, value in (("x", x), ("y", y)):
+        if not isinstance(value, xr.DataArray):
+            raise TypeError(f"{name}: expected an xarray.DataArray like the other input, got "
+                            f"{type(value).__name__}. Fix: pass two DataArrays, e.g. ds['impact']"
+                            f".sel(method='delete'), or two NumPy arrays.")
+        if dim not in value.dims:
+            raise errors.value_error(f"{name}.dims", f"a dim named {dim!r}", value.dims,
+                                     "pass dim=<the positions' dim name>, or rename it")
+    if x.sizes[dim] != y.sizes[dim]:
+        raise errors.shape_error("y", f"{x.sizes[dim]} positions along {dim!r} like x",
+                                 dict(y.sizes), "slice both to the same positions")
+    try:
+        x, y = xr.align(x, y, join="exact")
+    except ValueError as exc:
+        raise errors.value_error("y", "the same coordinate labels as x", str(exc).splitlines()[0],
+                                 "select matching samples/positions first") from None
+    x, y = xr.broadcast(x, y)
+    inst_dims = tuple(d for d in x.dims if d != dim)
+    x = x.transpose(*inst_dims, dim)
+    y = y.transpose(*inst_dims, dim)
+    if tokens is None and exclude is not None and "token" in x.coords:
+        tokens = x.coords["token"]
+    template = x.isel({dim: 0}, drop=True)
+
+    def along(value, name, core=()):
+        if isinstance(value, xr.DataArray):
+            missing = [d for d in value.dims if d not in x.dims]
+            if missing:
+                raise errors.value_error(f"{name}.dims", f"dims among {x.dims}", value.dims,
+                                         f"rename or drop {missing}")
+            target = x if core else template
+            return xr.broadcast(value, target)[0].transpose(*target.dims).values
+        return value
+
+    lengths = along(lengths, "lengths")
+    exclude = None if exclude is None else (
+        exclude if isinstance(exclude, str) else along(exclude, "exclude", core=(dim,)))
+    tokens = None if tokens is None else along(tokens, "tokens", core=(dim,))
+    if over is None:
+        over_dims = ("sample",) if "sample" in inst_dims else inst_dims
+    else:
+        over_dims = tuple(over) if isinstance(over, (tuple, list)) else (over,)
+        bad = [d for d in over_dims if d not in inst_dims]
+        if bad:
+            raise errors.value_error("over", f"dims among the instance dims {inst_dims}",
+                                     repr(over), "name dims of the inputs other than dim")
+    over_axes = tuple(sorted(inst_dims.index(d) for d in over_dims))
+    coords = {k: v for k, v in x.coords.items() if dim not in v.dims}
+    coords.update({k: v for k, v in y.coords.items() if dim not in v.dims and k not in coords})
+    labels = dict(inst_dims=inst_dims, over_axes=over_axes, coords=coords)
+    return x.values, y.values, lengths, exclude, tokens, labels
+
+
+def _xr_dataset(variables, labels, attrs):
+    """Build the result Dataset: instance variables and summary variables."""
+    import xarray as xr
+
+    inst = labels["inst_dims"]
+    kept = tuple(d for i, d in enumerate(inst) if i not in labels["over_axes"])
+    data = {}
+    for name, (kind, value) in variables.items():
+        data[name] = ((inst if kind == "instance" else kept), np.asarray(value))
+    coords = {k: v for k, v in labels["coords"].items()
+              if set(v.dims) <= set(inst)}
+    ds = xr.Dataset(data, coords=coords, attrs=attrs)
+    return ds
+
+
+# ----------------------------------------------------------------------------- public
+def correlate(x, y, *, method="kendall", dim=None, lengths=None, exclude=None, tokens=None,
+              ci=0.95, alpha=0.05, n_boot=2000, seed=0, over=None, pvalue_method="auto"):
+    """Per-instance correlation of ``x`` and ``y`` over positions, with a summary.
+
+    Each instance (every index of the inputs except ``dim``) gets one
+    statistic and two-sided p-value over its valid positions; the summary is
+    the mean across instances with a percentile-bootstrap interval and the
+    fraction of instances significant at ``alpha``.
+
+    Parameters
+    ----------
+    x, y : array_like or xarray.DataArray
+        Scores and targets (e.g. attention and leave-one-out impact). NumPy
+        inputs broadcast against each other; DataArrays broadcast by dim name
+        and must share coordinate labels. Integer and bool inputs are fine.
+    method : {"kendall", "spearman", "pearson"}
+        Kendall tau-b (ties handled as in ``scipy.stats.kendalltau``), Spearman
+        rho (average ranks for ties) or Pearson r.
+    dim : int or str, optional
+        The positions: an axis for NumPy inputs (default -1), a dim name for
+        xarray inputs (default ``"position"``).
+    lengths : int or array of ints, optional
+        Valid positions per instance, counted from the start (broadcast
+        against the instance shape; a DataArray for xarray inputs). Positions
+        where ``x`` or ``y`` is NaN are always left out too (schema-1 padding).
+    exclude : {"special"}, bool array or sequence of int, optional
+        Positions to leave out: a boolean mask (True = drop) broadcastable to
+        the inputs, positions along ``dim`` (negative ones count back from each
+        instance's last valid position, so ``[0, -1]`` drops [CLS] and [SEP]),
+        or ``"special"`` to drop the tokens in :data:`SPECIAL_TOKENS`.
+    tokens : array of str, optional
+        Tokens (broadcastable to the inputs) for ``exclude="special"``. For
+        xarray inputs the ``token`` coordinate is used when present.
+    ci : float
+        Confidence level of the bootstrap interval.
+    alpha : float
+        Significance level for ``significant_fraction``.
+    n_boot : int
+        Bootstrap resamples.
+    seed : int or None
+        Seed of the bootstrap; every summary cell uses ``default_rng(seed)``,
+        so a cell's interval does not depend on the other cells.
+    over : int, str or sequence, optional
+        Instance axes (NumPy: axes of the result, i.e. of the input without
+        ``dim``) or dims (xarray) to summarise across. Default: every instance
+        axis for NumPy; ``"sample"`` for xarray when present, else every dim.
+    pvalue_method : {"auto", "asymptotic"}
+        Kendall only. ``"auto"`` is scipy's rule: the exact null distribution
+        for instances without ties and with at most 33 positions (or with at
+        most one discordant/concordant pair), else the normal approximation
+        with the tie-corrected variance. ``"asymptotic"`` always uses the latter.
+
+    Returns
+    -------
+    CorrelationResult or xarray.Dataset
+        NumPy inputs give a :class:`CorrelationResult`; xarray inputs a Dataset
+        with ``statistic``, ``pvalue`` and ``n_positions`` over the instance
+        dims and ``mean_statistic``, ``ci_low``, ``ci_high``, ``significant_fraction``
+        and ``n_instances`` over the instance dims not in ``over``.
+
+    Warns
+    -----
+    TooFewPositionsWarning
+        Instances with fewer than 2 valid positions (statistic NaN).
+    ConstantInputWarning
+        Instances where ``x`` or ``y`` is constant over the valid positions
+        (statistic NaN). Both are :class:`DegenerateInputWarning`.
+
+    Notes
+    -----
+    With exactly 2 valid positions the statistic is +-1 and the p-value is 1
+    for every method (scipy gives NaN for Spearman there, from a t test with
+    0 degrees of freedom). Kendall tau-b runs in O(n log n) per instance
+    (Knight's algorithm). NaN statistics are left out of the summary.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> rng = np.random.default_rng(0)
+    >>> attn = rng.random((200, 12))
+    >>> impact = attn + 0.5 * rng.random((200, 12))
+    >>> r = ak.correlate(attn, impact, method="spearman")
+    >>> r.statistic.shape, bool(r.ci_low < r.mean_statistic < r.ci_high)
+    ((200,), True)
+    >>> float(r.significant_fraction) > 0.5
+    True
+
+    Lengths and excluded positions (here [CLS] and the last valid token):
+
+    >>> r = ak.correlate(attn, impact, lengths=rng.integers(5, 13, 200), exclude=[0, -1])
+    >>> int(r.n_positions.max()) <= 10
+    True
+    """
+    ci, alpha, n_boot, seed = _check_common(method, ci, alpha, n_boot, seed, pvalue_method)
+    if _is_xarray(x) or _is_xarray(y):
+        dim = "position" if dim is None else dim
+        xv, yv, lengths, exclude, tokens, labels = _xr_inputs(x, y, dim, lengths, exclude,
+                                                              tokens, over)
+        xv, yv = _as_real("x", xv), _as_real("y", yv)
+        xs, ys, valid, inst_shape = _prepare(xv, yv, xv.ndim - 1, lengths, exclude, tokens)
+        over_axes = labels["over_axes"]
+    else:
+        xv, yv = _as_real("x", x), _as_real("y", y)
+        ndim = max(xv.ndim, yv.ndim)
+        axis = _normalise_axis(-1 if dim is None else dim, ndim)
+        xv = xv.reshape((1,) * (ndim - xv.ndim) + xv.shape)
+        yv = yv.reshape((1,) * (ndim - yv.ndim) + yv.shape)
+        xs, ys, valid, inst_shape = _prepare(xv, yv, axis, lengths, exclude, tokens)
+        over_axes = _over_axes(over, len(inst_shape))
+    stat, pvalue, count = _statistics(xs, ys, valid, method, pvalue_method)
+    _warn_degenerate(stat, count, "", stacklevel=3)
+    stat, pvalue, count = (a.reshape(inst_shape) for a in (stat, pvalue, count))
+    summary = _summarise(stat, pvalue, over_axes, alpha, ci, n_boot, seed)
+    if _is_xarray(x) or _is_xarray(y):
+        names = ("mean_statistic", "ci_low", "ci_high", "significant_fraction", "n_instances")
+        variables = {"statistic": ("instance", stat), "pvalue": ("instance", pvalue),
+                     "n_positions": ("instance", count)}
+        variables.update({n: ("summary", v) for n, v in zip(names, summary)})
+        over_dims = [labels["inst_dims"][i] for i in over_axes]
+        return _xr_dataset(variables, labels,
+                           _attrs(method, ci, alpha, n_boot, seed, over_dims, pvalue_method))
+    return CorrelationResult(stat[()] if stat.ndim == 0 else stat,
+                             pvalue[()] if pvalue.ndim == 0 else pvalue,
+                             count[()] if count.ndim == 0 else count, *summary,
+                             method=method, ci=ci, alpha=alpha, n_boot=n_boot, seed=seed,
+                             over=over_axes, pvalue_method=pvalue_method)
+
+
+def compare_correlations(a, b, y, *, method="kendall", dim=None, lengths=None, exclude=None,
+                         tokens=None, ci=0.95, n_boot=2000, seed=0, over=None):
+    """Paired comparison of two scores ``a`` and ``b`` correlated with the same ``y``.
+
+    Correlates ``a`` with ``y`` and ``b`` with ``y`` per instance (as
+    :func:`correlate`), takes the per-instance difference, and reports its
+    mean with a percentile-bootstrap interval: an interval that excludes 0
+    says one score tracks ``y`` better than the other on these instances.
+
+    Parameters
+    ----------
+    a, b : array_like or xarray.DataArray
+        The two scores (e.g. rollout and raw attention), same layout.
+    y : array_like or xarray.DataArray
+        The common target (e.g. leave-one-out impact).
+    method, dim, lengths, exclude, tokens, ci, n_boot, seed, over
+        As in :func:`correlate`; both scores see the same valid positions
+        (positions where either score or ``y`` is NaN are dropped from both).
+
+    Returns
+    -------
+    PairedComparison or xarray.Dataset
+        ``statistic_a``, ``statistic_b`` and ``difference`` (a - b) per
+        instance; ``mean_difference``, ``ci_low``, ``ci_high``, ``fraction_a_greater`` and
+        ``n_instances`` across the ``over`` instances. xarray inputs give a
+        Dataset with these variables.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> rng = np.random.default_rng(1)
+    >>> impact = rng.random((300, 10))
+    >>> good = impact + 0.2 * rng.random((300, 10))
+    >>> poor = impact + 2.0 * rng.random((300, 10))
+    >>> cmp = ak.compare_correlations(good, poor, impact, method="spearman")
+    >>> bool(cmp.ci_low > 0), float(cmp.fraction_a_greater) > 0.8
+    (True, True)
+    """
+    ci, _, n_boot, seed = _check_common(method, ci, 0.05, n_boot, seed, "auto")
+    if any(_is_xarray(v) for v in (a, b, y)):
+        import xarray as xr
+
+        dim = "position" if dim is None else dim
+        for name, value in (("a", a), ("b", b), ("y", y)):
+            if not isinstance(value, xr.DataArray):
+                raise TypeError(f"{name}: expected an xarray.DataArray like the other inputs, got "
+                                f"{type(value).__name__}. Fix: pass three DataArrays or three "
+                                f"NumPy arrays.")
+        try:
+            a, b, y = xr.align(a, b, y, join="exact")
+        except ValueError as exc:
+            raise errors.value_error("a, b, y", "the same coordinate labels",
+                                     str(exc).splitlines()[0],
+                                     "select matching samples/positions first") from None
+        a, b, y = xr.broadcast(a, b, y)
+        # a common NaN pattern, so that both scores use the same positions
+        nan = a.isnull() | b.isnull() | y.isnull()
+        y = y.where(~nan)
+        av, yv, lengths_, exclude_, tokens_, labels = _xr_inputs(a.where(~nan), y, dim, lengths,
+                                                                 exclude, tokens, over)
+        bv, *_ = _xr_inputs(b.where(~nan), y, dim, lengths, exclude, tokens, over)
+        av, bv, yv = _as_real("a", av), _as_real("b", bv), _as_real("y", yv)
+        axis, over_axes = av.ndim - 1, labels["over_axes"]
+    else:
+        av, bv, yv = _as_real("a", a), _as_real("b", b), _as_real("y", y)
+        ndim = max(av.ndim, bv.ndim, yv.ndim)
+        av, bv, yv = (v.reshape((1,) * (ndim - v.ndim) + v.shape) for v in (av, bv, yv))
+        axis = _normalise_axis(-1 if dim is None else dim, ndim)
+        shape = _broadcast(_broadcast_probe(av, bv), yv)
+        nan = np.zeros(shape, dtype=bool)
+        for v in (av, bv, yv):
+            if v.dtype.kind == "f":
+                nan = nan | np.isnan(v)
+        av = np.where(nan, np.nan, av)
+        bv = np.where(nan, np.nan, bv)
+        lengths_, exclude_, tokens_ = lengths, exclude, tokens
+        over_axes = None
+    stats = []
+    for score in (av, bv):
+        xs, ys, valid, inst_shape = _prepare(score, yv, axis, lengths_, exclude_, tokens_)
+        stat, _, count = _statistics(xs, ys, valid, method, "asymptotic")
+        _warn_degenerate(stat, count, " of a" if not stats else " of b", stacklevel=3)
+        stats.append(stat.reshape(inst_shape))
+    if over_axes is None:
+        over_axes = _over_axes(over, len(inst_shape))
+    diff, summary = _summarise_paired(stats[0], stats[1], over_axes, ci, n_boot, seed)
+    if any(_is_xarray(v) for v in (a, b, y)):
+        names = ("mean_difference", "ci_low", "ci_high", "fraction_a_greater", "n_instances")
+        variables = {"statistic_a": ("instance", stats[0]), "statistic_b": ("instance", stats[1]),
+                     "difference": ("instance", diff)}
+        variables.update({n: ("summary", v) for n, v in zip(names, summary)})
+        over_dims = [labels["inst_dims"][i] for i in over_axes]
+        return _xr_dataset(variables, labels,
+                           _attrs(method, ci, None, n_boot, seed, over_dims, None))
+    return PairedComparison(*(s[()] if s.ndim == 0 else s for s in (stats[0], stats[1], diff)),
+                            *summary, method=method, ci=ci, n_boot=n_boot, seed=seed,
+                            over=over_axes)
+
+
+def _broadcast_probe(a, b):
+    """A zero-strided array with the broadcast shape of ``a`` and ``b`` (no copy)."""
+    return np.broadcast_to(np.empty((), dtype=np.uint8), _broadcast(a, b))
