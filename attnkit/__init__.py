@@ -15,6 +15,7 @@ Examples
 from . import equivariance, importers, masks, models, positional
 from ._version import __version__
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
+from .correlate import compare_correlations, correlate
 from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, validate
 from .importers import from_hf_attentions
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
@@ -55,4 +56,6 @@ __all__ = [
     "grad_rollout",
     "augmented_attention",
     "head_stats",
+    "correlate",
+    "compare_correlations",
 ]
