@@ -15,6 +15,10 @@ from attnkit._version import __version__
 # command name -> (module, attribute, one-line help shown by --help)
 COMMANDS = {
     "attend": ("attnkit_cli.attend", "attend", "Compute attention on saved q/k/v tensors."),
+    "info": ("attnkit_cli.info", "info", "Show what a saved attention dataset holds; validate it."),
+    "stats": ("attnkit_cli.interpret", "stats", "Per-head statistics of an attention dataset."),
+    "rollout": ("attnkit_cli.interpret", "rollout", "Attention rollout of an attention dataset."),
+    "flow": ("attnkit_cli.interpret", "flow", "Attention flow (exact max-flow) of a dataset."),
     "equivariance": ("attnkit_cli.equivariance", "equivariance",
                      "Check which attention functions are permutation equivariant."),
     "compute": ("attnkit_cli.compute", "compute",
