@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_file, normal_mode
 from .errors import shape_error, value_error
 
 __all__ = ["SCHEMA_VERSION", "from_arrays", "validate", "save_dataset", "open_dataset"]
@@ -639,20 +640,15 @@ def write_atomic(ds, path, *, format: str | None = None) -> None:
                                 f"Fix: create it first (os.makedirs)")
     prefix = f".{path.name}.tmp-"
     if fmt == "netcdf":
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".nc", dir=parent)
-        os.close(fd)
-        try:
+        with atomic_file(path, suffix=".nc") as tmp:
             _write_netcdf(ds, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            _remove(tmp)
-            raise
         return
 
     tmp = tempfile.mkdtemp(prefix=prefix, suffix=".zarr", dir=parent)
     aside = None
     try:
         _write_zarr(ds, tmp)
+        os.chmod(tmp, normal_mode(directory=True))
         if os.path.lexists(path):
             aside = tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent)
             os.rmdir(aside)

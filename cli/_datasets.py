@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -129,21 +128,15 @@ def run_blocks(fn, ds, *, client, chunk, quiet, label):
 
 def write_result(result, path: Path, *, csv_frame=None) -> None:
     """Write a Dataset atomically as netCDF/zarr, or ``csv_frame()`` as CSV."""
+    from attnkit._files import atomic_file
     from attnkit.data import write_atomic
 
     if path.suffix.lower() != ".csv":
         write_atomic(result, path)
         return
     frame = csv_frame()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False, float_format="%.6g")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
+        frame.to_csv(fh, index=False, float_format="%.6g")
 
 
 def token_label(ds, sample: int, position: int) -> str:

@@ -323,3 +323,15 @@ def test_open_newer_schema(tmp_path, rng, name):
         ak.open_dataset(path)
     with pytest.raises(ValueError, match="written by a newer attnkit"):
         ak.validate(ds)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_saved_files_get_normal_permissions(tmp_path, rng, name):
+    """Atomic writes go through private temp files; the result must not stay 0600."""
+    ds, _ = ragged_dataset(rng, extras=False)
+    old = os.umask(0o022)
+    try:
+        ak.save_dataset(ds, tmp_path / name)
+    finally:
+        os.umask(old)
+    assert (tmp_path / name).stat().st_mode & 0o777 == (0o755 if name.endswith(".zarr") else 0o644)
