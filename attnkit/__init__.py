@@ -14,6 +14,7 @@ Examples
 
 from . import equivariance, importers, masks, models, positional
 from ._version import __version__
+from .ablation import ablate
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
 from .correlate import compare_correlations, correlate
 from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, validate
@@ -40,6 +41,7 @@ __all__ = [
     "equivariance",
     "check_equivariance",
     "models",
+    "ablate",
     "from_hf_attentions",
     "positional",
     "get_options",
