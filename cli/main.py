@@ -19,10 +19,14 @@ COMMANDS = {
     "stats": ("attnkit_cli.interpret", "stats", "Per-head statistics of an attention dataset."),
     "rollout": ("attnkit_cli.interpret", "rollout", "Attention rollout of an attention dataset."),
     "flow": ("attnkit_cli.interpret", "flow", "Attention flow (exact max-flow) of a dataset."),
+    "correlate": ("attnkit_cli.correlate", "correlate",
+                  "Correlate attention scores with leave-one-out impact, per layer."),
     "equivariance": ("attnkit_cli.equivariance", "equivariance",
                      "Check which attention functions are permutation equivariant."),
     "compute": ("attnkit_cli.compute", "compute",
                 "Run the built-in MiniLM on sentences and save the attention dataset."),
+    "ablate": ("attnkit_cli.ablate", "ablate",
+               "Add leave-one-out ablation impacts to a MiniLM attention dataset."),
 }
 
 
