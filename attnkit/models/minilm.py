@@ -17,6 +17,7 @@ normalisation.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib
@@ -483,8 +484,20 @@ class MiniLM:
 
     def __call__(self, ids, *, zero=None):
         """``model(ids)``: embeddings of token-id sequences (the protocol of
-        :func:`attnkit.ablate`); ``zero`` as in :meth:`embed`."""
-        return self.embed(ids, zero=zero, batch_size=max(len(ids), 1))
+        :func:`attnkit.ablate`); ``zero`` as in :meth:`embed`. Options set with
+        :meth:`configured` apply."""
+        options = getattr(self, "_call_options", {})
+        return self.embed(ids, zero=zero, batch_size=max(len(ids), 1), **options)
+
+    def configured(self, *, position_embeddings=True) -> "MiniLM":
+        """A view of this model (sharing its weights) whose ``model(ids)`` uses these options.
+
+        For example ``ak.ablate(model.configured(position_embeddings=False), ds)``
+        ablates the model the dataset ``ds`` was computed with.
+        """
+        view = copy.copy(self)
+        view._call_options = {"position_embeddings": bool(position_embeddings)}
+        return view
 
     def run(self, inputs, *, batch_size=32, max_length=None, position_embeddings=True,
             qk=True, progress=False, source="", attrs=None):

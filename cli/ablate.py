@@ -1,0 +1,96 @@
+"""``attnkit ablate``: add leave-one-out impacts to a MiniLM attention dataset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ._common import UserError, user_errors
+
+
+def merge_impacts(ds, impact, replace: bool):
+    """``ds`` with ``impact`` added; methods already there are replaced, others kept."""
+    import xarray as xr
+
+    if "impact" not in ds.variables or replace:
+        return ds.drop_vars(["impact", "method"], errors="ignore").assign(impact=impact)
+    old = ds["impact"]
+    if old.attrs.get("metric") != impact.attrs.get("metric"):
+        raise UserError(f"impact: expected the dataset's metric ({old.attrs.get('metric')!r}), got "
+                        f"{impact.attrs.get('metric')!r}. Fix: pass the same --metric, or "
+                        f"--replace to drop the old impacts.")
+    if old.attrs.get("special") != impact.attrs.get("special"):
+        raise UserError(f"impact: expected the dataset's special-token handling "
+                        f"({old.attrs.get('special')!r}), got {impact.attrs.get('special')!r}. "
+                        f"Fix: pass the matching --special, or --replace.")
+    new = set(impact["method"].values.tolist())
+    keep = [i for i, m in enumerate(old["method"].values.tolist()) if m not in new]
+    combined = xr.concat([old.isel(method=keep), impact], dim="method") if keep else impact
+    combined.attrs = dict(impact.attrs)
+    return ds.drop_vars(["impact", "method"]).assign(impact=combined)
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(exists=True))
+@click.option("-m", "--method", "methods", multiple=True,
+              type=click.Choice(["delete", "mask", "zero"]), default=("delete", "mask"),
+              show_default=True, help="Ablation method; repeat for several.")
+@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine",
+              show_default=True, help="Change of the sentence embedding.")
+@click.option("--special", type=click.Choice(["nan", "compute"]), default="nan", show_default=True,
+              help="Impact of [CLS]/[SEP]: NaN, or computed like any token.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Ablated sentences per forward pass.")
+@click.option("--replace", is_flag=True, help="Drop impacts already in the dataset.")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Write here instead of rewriting DATASET (atomically) in place.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@user_errors
+def ablate(dataset, methods, metric, special, batch_size, replace, output, quiet):
+    """Add leave-one-out impacts (sample, position, method) to DATASET.
+
+    DATASET is a .nc or .zarr file written by `attnkit compute` (the built-in
+    MiniLM). Each token is deleted, replaced by [MASK] or has its embedding
+    zeroed, one at a time; its impact is the change of the sentence
+    embedding (cosine distance by default). Methods already in the file are
+    recomputed, others kept.
+
+    \b
+    Example:
+      attnkit ablate out/minilm.nc -m delete -m mask
+    """
+    import attnkit as ak
+    from attnkit.models.minilm import MODEL_NAME
+
+    from .compute import load_model
+
+    ds = ak.open_dataset(dataset)
+    if ds.attrs.get("model") != MODEL_NAME:
+        raise UserError(f"{dataset}: expected a dataset of the built-in model {MODEL_NAME}, got "
+                        f"model {ds.attrs.get('model')!r}. Fix: make it with attnkit compute, or "
+                        f"call ak.ablate with your own model from Python.")
+    if "token" not in ds.variables:
+        raise UserError(f"{dataset}: expected the token coordinate, got none. "
+                        f"Fix: recompute it with attnkit compute.")
+    model = load_model().configured(
+        position_embeddings=bool(int(ds.attrs.get("position_embeddings", 1))))
+    methods = tuple(dict.fromkeys(methods))
+    start = time.perf_counter()
+    impact = ak.ablate(model, ds, method=methods, metric=metric, special=special,
+                       batch_size=batch_size, progress=not quiet)
+    seconds = time.perf_counter() - start
+    ds = merge_impacts(ds, impact, replace)
+    target = Path(output) if output else Path(dataset)
+    ak.save_dataset(ds, target)
+    if quiet:
+        return
+    forwards = int(np.isfinite(impact.values).sum())
+    for m in methods:
+        values = impact.sel({"method": m}).values
+        click.echo(f"{m}: mean impact {np.nanmean(values):.4g}, max {np.nanmax(values):.4g} "
+                   f"({int(np.isfinite(values).sum())} tokens)")
+    click.echo(f"wrote {target}: {forwards} ablated forwards in {seconds:.1f} s "
+               f"({forwards / max(seconds, 1e-9):.0f}/s)")
