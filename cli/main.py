@@ -27,8 +27,6 @@ COMMANDS = {
                 "Run the built-in MiniLM on sentences and save the attention dataset."),
     "ablate": ("attnkit_cli.ablate", "ablate",
                "Add leave-one-out ablation impacts to a MiniLM attention dataset."),
-    "ablate": ("attnkit_cli.ablate", "ablate",
-               "Add leave-one-out ablation impacts to a MiniLM attention dataset."),
 }
 
 
