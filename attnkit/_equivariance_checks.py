@@ -8,6 +8,7 @@ and quantify it: they meet their expectation by failing.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Callable
 
@@ -65,7 +66,10 @@ def _queries(c):
 def _keys_values(c, **kw):
     ak = _ak()
     q, k, v = c.seq(4, n=c.n - 2), c.seq(5), c.seq(6)
-    fn = lambda q, k, v: ak.attention(q, k, v, return_lse=True, backend=c.backend, **kw)  # noqa: E731
+
+    def fn(q, k, v):
+        return ak.attention(q, k, v, return_lse=True, backend=c.backend, **kw)
+
     return fn, (q, k, v), dict(permute={1: -2, 2: -2}, expect="invariant")
 
 
@@ -320,7 +324,7 @@ def _selected(name: str, select) -> bool:
     if select is None:
         return True
     patterns = [select] if isinstance(select, str) else list(select)
-    return any(p in name for p in patterns)
+    return any(fnmatch.fnmatchcase(name, p + "*") for p in patterns)
 
 
 def run_builtin_checks(backend="cpu", quick=False, trials=5, seed=0, select=None):

@@ -208,14 +208,29 @@ class EquivarianceReport:
             f"(output {self.worst_output!r}; max rel error {self.max_rel_error:.3g}; "
             f"rtol {self.rtol:.3g}, atol {self.atol:.3g}, eps {self.eps:.3g})",
         ]
+        compared = ", ".join(
+            f"{o.name} ({'unchanged' if o.axes is None else 'axis ' + '/'.join(map(str, o.axes))})"
+            for o in self.trials[0].outputs)
+        lines.append(f"  compared: {compared}")
         if self.failing_permutation is not None:
             lines.append(f"  failing permutation: {_short(self.failing_permutation)}")
         if self.ignored_outputs:
             lines.append(f"  not compared: {', '.join(self.ignored_outputs)}")
-        lines.append("  trial  max_abs_error  max_rel_error  passed")
+        names = [o.name for o in self.trials[0].outputs]
+        several = len(names) > 1
+        head = ["trial"]
+        for out in names:
+            prefix = f"{out} " if several else ""
+            head += [f"{prefix}max_abs_error", f"{prefix}max_rel_error"]
+        head.append("passed")
+        widths = [max(len(h), 9) for h in head]
+        lines.append("  " + "  ".join(h.rjust(w) for h, w in zip(head, widths)))
         for i, t in enumerate(self.trials):
-            lines.append(f"  {i:>5}  {t.max_abs_error:>13.3g}  {t.max_rel_error:>13.3g}  "
-                         f"{'yes' if t.passed else 'no'}")
+            cells = [str(i)]
+            for o in t.outputs:
+                cells += [f"{o.max_abs_error:.3g}", f"{o.max_rel_error:.3g}"]
+            cells.append("yes" if t.passed else "no")
+            lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)))
         return "\n".join(lines)
 
 
@@ -392,7 +407,7 @@ def default_rtol(n: int, dtypes) -> tuple[float, float]:
     >>> import numpy as np
     >>> from attnkit.equivariance import default_rtol
     >>> rtol, eps = default_rtol(16, [np.float32, np.float64])
-    >>> eps == np.finfo(np.float32).eps, bool(np.isclose(rtol, 128 * eps))
+    >>> eps == float(np.finfo(np.float32).eps), bool(np.isclose(rtol, 128 * eps))
     (True, True)
     """
     found = [e for e in (_eps(np.dtype(d)) for d in dtypes) if e is not None]
@@ -405,7 +420,8 @@ def _tolerance_arg(name: str, value):
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, (int, float, np.integer, np.floating)) or not np.isfinite(value) or value < 0:
-        raise value_error(name, "None or a finite float >= 0", repr(value), f"pass e.g. {name}=1e-6")
+        raise value_error(name, "None or a finite float >= 0", repr(value),
+                          f"pass e.g. {name}=1e-6")
     return float(value)
 
 
@@ -435,7 +451,7 @@ def _compare(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
 
 
 def _permutations(n: int, trials: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``trials`` seeded permutations of ``range(n)``, never the identity, distinct when possible."""
+    """``trials`` seeded permutations of ``range(n)``: never the identity, distinct if possible."""
     identity = np.arange(n)
     perms: list[np.ndarray] = []
     distinct = math.factorial(n) - 1 if n < 13 else math.inf
@@ -621,7 +637,8 @@ def builtin_checks(backend="cpu", quick=False, *, trials=5, seed=0, select=None)
     trials, seed : int
         As in :func:`check_equivariance` (``seed`` also draws the inputs).
     select : str or sequence of str, optional
-        Run only checks whose name contains one of these substrings.
+        Run only checks whose name starts with one of these (shell wildcards
+        allowed): ``"positional/"``, ``"model/"``, ``"*causal*"``.
 
     Returns
     -------

@@ -19,7 +19,8 @@ from ._common import emit, format_option, user_errors
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the permutations and of the random inputs.")
 @click.option("--check", "select", multiple=True, metavar="TEXT",
-              help="Run only checks whose name contains TEXT (repeatable), e.g. 'positional/'.")
+              help="Run only checks whose name starts with TEXT (repeatable; wildcards "
+                   "allowed), e.g. 'positional/' or '*causal*'.")
 @format_option
 @user_errors
 def equivariance(backend, quick, trials, seed, select, fmt):
