@@ -516,8 +516,8 @@ def _xr_inputs(x, y, dim, lengths, exclude, tokens, over):
     inst_dims = tuple(d for d in x.dims if d != dim)
     x = x.transpose(*inst_dims, dim)
     y = y.transpose(*inst_dims, dim)
-    if tokens is None and exclude is not None and "token" in x.coords:
-        tokens = x.coords["token"]
+    if tokens is None and exclude is not None:
+        tokens = next((v.coords["token"] for v in (x, y) if "token" in v.coords), None)
     template = x.isel({dim: 0}, drop=True)
 
     def along(value, name, core=()):
