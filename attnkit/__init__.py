@@ -21,8 +21,10 @@ from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, valid
 from .importers import from_hf_attentions
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .equivariance import check_equivariance
+from .flow import attention_flow
 from .options import get_options, set_options
 from .rollout import augmented_attention, grad_rollout, rollout
+from .scores import SCORE_KINDS, attention_scores
 from .stats import head_stats
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
 
@@ -57,7 +59,10 @@ __all__ = [
     "rollout",
     "grad_rollout",
     "augmented_attention",
+    "attention_flow",
     "head_stats",
+    "attention_scores",
+    "SCORE_KINDS",
     "correlate",
     "compare_correlations",
 ]
