@@ -116,7 +116,8 @@ class CorrelationResult:
 
         inst = tuple(f"instance_{i}" for i in range(np.ndim(self.statistic)))
         kept = tuple(d for i, d in enumerate(inst) if i not in self.over)
-        data = {name: (inst, getattr(self, name)) for name in ("statistic", "pvalue", "n_positions")}
+        data = {name: (inst, getattr(self, name))
+                for name in ("statistic", "pvalue", "n_positions")}
         for name in ("mean_statistic", "ci_low", "ci_high", "significant_fraction", "n_instances"):
             data[name] = (kept, getattr(self, name))
         return xr.Dataset(data, attrs=_attrs(self.method, self.ci, self.alpha, self.n_boot,
@@ -131,7 +132,8 @@ class CorrelationResult:
             return (f"{head}\n  mean {float(self.mean_statistic):.4f}, {self.ci:.0%} CI "
                     f"[{float(self.ci_low):.4f}, {float(self.ci_high):.4f}], significant at "
                     f"{self.alpha:g}: {float(self.significant_fraction):.1%}")
-        return f"{head}\n  summary over axes {self.over}: mean of shape {np.shape(self.mean_statistic)}"
+        shape = np.shape(self.mean_statistic)
+        return f"{head}\n  summary over axes {self.over}: mean of shape {shape}"
 
 
 @dataclass(frozen=True, repr=False)
@@ -199,7 +201,7 @@ def _check_fraction(name, value):
     ok = isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, bool)
     if not ok or not 0.0 < float(value) < 1.0:
         raise errors.value_error(name, "a number strictly between 0 and 1", repr(value),
-                                 f"pass e.g. {name}=0.95" if name == "ci" else f"pass e.g. {name}=0.05")
+                                 f"pass e.g. {name}=" + ("0.95" if name == "ci" else "0.05"))
     return float(value)
 
 
@@ -227,7 +229,8 @@ def _as_real(name, value):
 def _normalise_axis(dim, ndim):
     if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
         raise TypeError(f"dim: expected an int axis for NumPy inputs, got {dim!r}. "
-                        f"Fix: pass an axis such as dim=-1, or pass xarray DataArrays to use names.")
+                        "Fix: pass an axis such as dim=-1, or pass xarray DataArrays to use "
+                        "names.")
     if not -ndim <= dim < ndim:
         raise errors.value_error("dim", f"an axis in [{-ndim}, {ndim})", dim,
                                  "pass the axis that holds the positions")
@@ -238,7 +241,7 @@ def _broadcast(x, y):
     try:
         shape = np.broadcast_shapes(x.shape, y.shape)
     except ValueError:
-        raise errors.shape_error("y", f"a shape broadcastable with x {x.shape}", y.shape,
+        raise errors.value_error("y", f"a shape broadcastable with x {x.shape}", y.shape,
                                  "insert size-1 axes so that the instance axes line up, "
                                  "e.g. y[:, None, :] for one target per sample") from None
     return shape
@@ -761,7 +764,13 @@ def compare_correlations(a, b, y, *, method="kendall", dim=None, lengths=None, e
         ndim = max(av.ndim, bv.ndim, yv.ndim)
         av, bv, yv = (v.reshape((1,) * (ndim - v.ndim) + v.shape) for v in (av, bv, yv))
         axis = _normalise_axis(-1 if dim is None else dim, ndim)
-        shape = _broadcast(_broadcast_probe(av, bv), yv)
+        try:
+            shape = np.broadcast_shapes(av.shape, bv.shape, yv.shape)
+        except ValueError:
+            raise errors.value_error("a, b, y", "shapes that broadcast together",
+                                     (av.shape, bv.shape, yv.shape),
+                                     "give the scores and the target the same instance "
+                                     "axes") from None
         nan = np.zeros(shape, dtype=bool)
         for v in (av, bv, yv):
             if v.dtype.kind == "f":
@@ -790,8 +799,3 @@ def compare_correlations(a, b, y, *, method="kendall", dim=None, lengths=None, e
     return PairedComparison(*(s[()] if s.ndim == 0 else s for s in (stats[0], stats[1], diff)),
                             *summary, method=method, ci=ci, n_boot=n_boot, seed=seed,
                             over=over_axes)
-
-
-def _broadcast_probe(a, b):
-    """A zero-strided array with the broadcast shape of ``a`` and ``b`` (no copy)."""
-    return np.broadcast_to(np.empty((), dtype=np.uint8), _broadcast(a, b))

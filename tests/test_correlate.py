@@ -306,7 +306,8 @@ finite = st.floats(-1e6, 1e6, allow_nan=False, allow_subnormal=False)
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+@given(data=hnp.arrays(np.float64,
+                       hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
                        elements=st.one_of(finite, st.integers(-2, 2).map(float))),
        method=st.sampled_from(["kendall", "spearman", "pearson"]))
 def test_statistic_is_bounded(data, method):
@@ -359,12 +360,15 @@ def test_errors(kwargs, error, match):
 
 
 def test_input_errors():
-    with pytest.raises(ValueError, match="y: expected shape a shape broadcastable"):
+    with pytest.raises(ValueError,
+                       match=r"y: expected a shape broadcastable with x \(2, 4\), got \(3, 4\)"):
         ak.correlate(np.ones((2, 4)), np.ones((3, 4)))
     with pytest.raises(TypeError, match="x: expected a real numeric array"):
         ak.correlate(np.array(["a", "b"]), np.ones(2))
     with pytest.raises(ValueError, match=r"x: expected shape \(\.\.\., n\)"):
         ak.correlate(1.0, np.ones(2))
+    with pytest.raises(ValueError, match="a, b, y: expected shapes that broadcast"):
+        ak.compare_correlations(np.ones((2, 4)), np.ones((3, 4)), np.ones((2, 4)))
     xr = pytest.importorskip("xarray")
     da = xr.DataArray(np.ones((2, 4)), dims=("sample", "position"))
     with pytest.raises(TypeError, match="y: expected an xarray.DataArray"):
