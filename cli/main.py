@@ -25,6 +25,8 @@ COMMANDS = {
                      "Check which attention functions are permutation equivariant."),
     "compute": ("attnkit_cli.compute", "compute",
                 "Run the built-in MiniLM on sentences and save the attention dataset."),
+    "plot": ("attnkit_cli.plot", "plot",
+             "Draw a figure (PNG/PDF/SVG) of a dataset, correlation table or benchmark results."),
     "ablate": ("attnkit_cli.ablate", "ablate",
                "Add leave-one-out ablation impacts to a MiniLM attention dataset."),
 }

@@ -1,0 +1,527 @@
+"""Figures of stored results: correlation with ablation and the benchmark JSON files.
+
+Re-exported by :mod:`attnkit.plot`; see there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import errors
+from ._plot_common import CATEGORICAL, MARKERS, figure_and_axes, integer_log2_axis, new_figure
+
+__all__ = ["correlation_table", "correlation_plot", "load_results", "throughput_plot",
+           "memory_plot", "cost_plot"]
+
+_METHOD_NAMES = {"kendall": "Kendall τ-b", "spearman": "Spearman ρ", "pearson": "Pearson r"}
+_SCORE_ORDER = ("raw", "rollout", "flow", "grad")
+
+
+# ----------------------------------------------------------------------------- correlation
+def _rows_from_dataset(ds, score=None):
+    """Rows of a correlation Dataset: ak.correlate's (dims ``layer``) or ``attnkit correlate``'s
+    (dims ``score``, ``impact``, ``layer``)."""
+    for name in ("mean_statistic", "ci_low", "ci_high"):
+        if name not in ds:
+            raise errors.value_error("table", "a correlation Dataset with mean_statistic, ci_low "
+                                     "and ci_high", f"variables {sorted(ds.data_vars)}",
+                                     "pass what ak.correlate or `attnkit correlate -o x.nc` made")
+    summary = ds[["mean_statistic", "ci_low", "ci_high"]]
+    dims = summary["mean_statistic"].dims
+    if "layer" not in dims:
+        raise errors.value_error("table", "a summary with a `layer` dim", f"dims {dims}",
+                                 "correlate per layer (keep `layer`, summarise over `sample`)")
+    frame = summary.to_dataframe().reset_index()
+    if "layer" not in frame:
+        frame["layer"] = np.arange(len(frame))
+    frame = frame.rename(columns={"mean_statistic": "statistic"})
+    if "score" not in frame:
+        frame["score"] = score or "attention"
+    keep = [c for c in ("layer", "score", "impact", "statistic", "ci_low", "ci_high") if c in frame]
+    frame = frame[keep]
+    if "method" in ds.attrs:
+        frame.attrs["method"] = str(ds.attrs["method"])
+    return frame
+
+
+def correlation_table(table):
+    """Normalise correlation results into a DataFrame for :func:`correlation_plot`.
+
+    Parameters
+    ----------
+    table : DataFrame, list of dict, dict, xarray.Dataset, CorrelationResult or path
+        Any of
+
+        * rows with columns ``layer``, ``score``, ``statistic`` (or ``mean``
+          / ``mean_statistic``), ``ci_low``, ``ci_high`` and optionally
+          ``impact`` -- a DataFrame, a list of dicts, a dict holding such a
+          list under ``"rows"``/``"records"``/``"table"``, or a .csv/.json
+          file of them (``attnkit correlate -o x.csv`` writes one);
+        * the Dataset of ``attnkit correlate -o x.nc`` (dims score, impact,
+          layer) or of :func:`attnkit.correlate` on scores with a ``layer``
+          dim (a .nc path works too);
+        * a dict ``{score: result}`` of such Datasets or of
+          :class:`attnkit.correlate.CorrelationResult` whose summary runs
+          over layers (e.g. ``ak.correlate(score, impact, over=0)`` on
+          (sample, layer, position) arrays).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns layer, score, statistic, ci_low, ci_high (and impact when
+        given); ``attrs["method"]`` holds the correlation method when known.
+
+    Examples
+    --------
+    >>> from attnkit.plot import correlation_table
+    >>> rows = [{"layer": 0, "score": "raw", "mean": 0.2, "ci_low": 0.1, "ci_high": 0.3}]
+    >>> correlation_table(rows).columns.tolist()
+    ['layer', 'score', 'statistic', 'ci_low', 'ci_high']
+    """
+    import pandas as pd
+
+    method = None
+    if isinstance(table, (str, os.PathLike)):
+        path = Path(os.fspath(table))
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: expected a correlation table (.csv, .json or .nc), "
+                                    f"got no such file. Fix: write one with `attnkit correlate "
+                                    f"FILE -o correlation.csv`")
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            table = pd.read_csv(path)
+        elif suffix == ".json":
+            table = json.loads(path.read_text())
+        elif suffix in (".nc", ".zarr"):
+            import xarray as xr
+
+            table = (xr.open_zarr(path) if suffix == ".zarr"
+                     else xr.open_dataset(path, engine="h5netcdf")).load()
+        else:
+            raise errors.value_error("table", "a .csv, .json, .nc or .zarr file", repr(str(path)),
+                                     "write it with `attnkit correlate -o correlation.csv`")
+    if isinstance(table, dict):
+        for key in ("rows", "records", "table"):
+            if isinstance(table.get(key), list):
+                method = table.get("method")
+                table = table[key]
+                break
+        else:
+            parts = []
+            for score, result in table.items():
+                if hasattr(result, "data_vars"):
+                    parts.append(_rows_from_dataset(result, score=str(score)))
+                elif hasattr(result, "mean_statistic"):
+                    mean = np.atleast_1d(np.asarray(result.mean_statistic, dtype=float))
+                    if mean.ndim != 1:
+                        raise errors.shape_error(f"table[{score!r}].mean_statistic",
+                                                 "(layer,): one summary per layer", mean.shape,
+                                                 "summarise over samples only, e.g. over=0")
+                    method = result.method
+                    parts.append(pd.DataFrame({
+                        "layer": np.arange(mean.size), "score": str(score), "statistic": mean,
+                        "ci_low": np.atleast_1d(result.ci_low),
+                        "ci_high": np.atleast_1d(result.ci_high)}))
+                else:
+                    raise errors.value_error(
+                        f"table[{score!r}]", "an xarray Dataset or CorrelationResult",
+                        type(result).__name__, "pass ak.correlate results keyed by score name")
+            if not parts:
+                raise errors.value_error("table", "at least one score", "an empty dict",
+                                         "pass {score: result}")
+            method = method or parts[0].attrs.get("method")
+            table = pd.concat(parts, ignore_index=True)
+    if hasattr(table, "data_vars"):
+        frame = _rows_from_dataset(table)
+    elif isinstance(table, pd.DataFrame):
+        frame = table.copy()
+    elif isinstance(table, (list, tuple)):
+        frame = pd.DataFrame(list(table))
+    else:
+        raise TypeError(f"table: expected a DataFrame, list of dicts, Dataset or path, got "
+                        f"{type(table).__name__}. Fix: see attnkit.plot.correlation_table")
+    method = method or frame.attrs.get("method")
+    for alias in ("mean", "mean_statistic"):
+        if "statistic" not in frame and alias in frame:
+            frame = frame.rename(columns={alias: "statistic"})
+    if "score" not in frame:
+        frame["score"] = "attention"
+    missing = [c for c in ("layer", "statistic", "ci_low", "ci_high") if c not in frame]
+    if missing:
+        raise errors.value_error("table", "columns layer, score, statistic (or mean), ci_low, "
+                                 "ci_high", f"columns {list(frame.columns)}",
+                                 f"add {missing}")
+    keep = [c for c in ("layer", "score", "impact", "statistic", "ci_low", "ci_high") if c in frame]
+    frame = frame[keep].reset_index(drop=True)
+    frame["layer"] = frame["layer"].astype(int)
+    frame["score"] = frame["score"].astype(str)
+    if method:
+        frame.attrs["method"] = str(method)
+    return frame
+
+
+def correlation_plot(table, *, method=None, title=None, fig=None):
+    """Correlation of attention scores with ablation impact per layer, with confidence intervals.
+
+    One marker per (score, layer) at the mean statistic across samples, with
+    an error bar from ``ci_low`` to ``ci_high``; scores are side by side
+    within each layer. With several impact methods there is one panel each.
+
+    Parameters
+    ----------
+    table
+        Anything :func:`correlation_table` accepts (e.g. the rows of
+        ``attnkit correlate``).
+    method : str, optional
+        "kendall", "spearman" or "pearson", for the axis label (default: the
+        table's, else "correlation").
+    title : str, optional
+    fig : matplotlib.figure.Figure, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from attnkit.plot import correlation_plot
+    >>> rows = [{"layer": l, "score": s, "statistic": 0.1 * l, "ci_low": 0.1 * l - 0.05,
+    ...          "ci_high": 0.1 * l + 0.05} for l in range(3) for s in ("raw", "rollout")]
+    >>> fig = correlation_plot(rows, method="kendall")
+    >>> fig.axes[0].get_ylabel(), len(fig.axes[0].containers)
+    ('Kendall τ-b with impact (mean, CI)', 2)
+    """
+    frame = correlation_table(table)
+    method = method or frame.attrs.get("method")
+    stat_name = _METHOD_NAMES.get(method, method or "correlation")
+    impacts = list(dict.fromkeys(frame["impact"])) if "impact" in frame else [None]
+    present = list(dict.fromkeys(frame["score"]))
+    scores = [s for s in _SCORE_ORDER if s in present] + [s for s in present
+                                                          if s not in _SCORE_ORDER]
+    layers = np.sort(frame["layer"].unique())
+    width = max(4.6, 0.5 * len(layers) * max(1, len(scores)) ** 0.5 + 2.6)
+    fig = new_figure((width * len(impacts) if len(impacts) > 1 else width, 3.6), fig)
+    axes = fig.subplots(1, len(impacts), squeeze=False, sharey=True)[0]
+    span = 0.7
+    step = span / max(len(scores), 1)
+    for ax, impact in zip(axes, impacts):
+        sub = frame if impact is None else frame[frame["impact"] == impact]
+        for k, score in enumerate(scores):
+            rows = sub[sub["score"] == score].sort_values("layer")
+            if rows.empty:
+                continue
+            x = rows["layer"].to_numpy(float) - span / 2 + step * (k + 0.5)
+            y = rows["statistic"].to_numpy(float)
+            err = np.vstack([y - rows["ci_low"].to_numpy(float),
+                             rows["ci_high"].to_numpy(float) - y])
+            ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt=MARKERS[k % len(MARKERS)],
+                        color=CATEGORICAL[k % len(CATEGORICAL)], markersize=5, capsize=2.5,
+                        linewidth=1.2, label=score)
+        ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
+        ax.set_xticks(layers)
+        ax.set_xlabel("layer")
+        ax.grid(axis="y", alpha=0.3)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        if impact is not None and len(impacts) > 1:
+            ax.set_title(f"impact: {impact}", fontsize=10)
+    axes[0].set_ylabel(f"{stat_name} with impact (mean, CI)")
+    axes[-1].legend(title="score", frameon=False, fontsize=8, title_fontsize=8,
+                    loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------- benchmark results
+def load_results(path="paper/results"):
+    """Load benchmark results: every ``*.json`` of a folder, or one file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, dict or list of dict
+        A folder (all its .json files, in name order), one .json file, or
+        already loaded results (returned as a list).
+
+    Returns
+    -------
+    list of dict
+        Each result with ``"_file"`` set to its file name (when read from disk).
+
+    Examples
+    --------
+    >>> from attnkit.plot import load_results
+    >>> load_results([{"benchmark": "x"}])
+    [{'benchmark': 'x'}]
+    """
+    if isinstance(path, dict):
+        return [path]
+    if isinstance(path, (list, tuple)):
+        if not all(isinstance(r, dict) for r in path):
+            raise errors.value_error("results", "a list of dicts (loaded JSON results)",
+                                     [type(r).__name__ for r in path][:3],
+                                     "pass load_results('paper/results')")
+        return list(path)
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: expected a results folder or .json file, got no such "
+                                f"path. Fix: run the benchmarks in paper/benchmarks/")
+    files = sorted(p.glob("*.json")) if p.is_dir() else [p]
+    results = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{f}: expected a JSON results file, got an unreadable one "
+                             f"({exc}). Fix: re-run its benchmark") from exc
+        if isinstance(data, dict):
+            data["_file"] = f.name
+            results.append(data)
+    return results
+
+
+_SERIES_KEYS = ("method", "backend", "peer", "impl", "implementation")
+_PANEL_KEYS = ("mask", "case", "pattern", "kind")
+_N_KEYS = ("n", "seq_len", "length", "sequence_length")
+_MEMORY_KEYS = (("peak_extra_mb", 1.0), ("peak_mb", 1.0), ("peak_memory_mb", 1.0),
+                ("peak_gb", 1024.0), ("peak_bytes", 1.0 / 2**20))
+
+
+def _device_of(result: dict, record: dict) -> str:
+    for value in (record.get("device"), record.get("backend"), result.get("device"),
+                  result.get("benchmark"), result.get("_file")):
+        if isinstance(value, str) and any(w in value.lower() for w in ("gpu", "cuda", "h100",
+                                                                       "h200", "a100")):
+            return "GPU"
+    machine = result.get("machine")
+    if isinstance(machine, dict) and machine.get("gpu"):
+        return "GPU"
+    return "CPU"
+
+
+def _first(record: dict, keys):
+    for key in keys:
+        if key in record and record[key] is not None:
+            return record[key]
+    return None
+
+
+def _records(results):
+    """Flat benchmark records: device, series, panel, n, gflops, time_s, memory_mb."""
+    out = []
+    for result in load_results(results):
+        records = result.get("records")
+        if not isinstance(records, list):
+            continue
+        for r in records:
+            if not isinstance(r, dict):
+                continue
+            n = _first(r, _N_KEYS)
+            if n is None:
+                continue
+            gflops = r.get("gflops")
+            if gflops is None and r.get("tflops") is not None:
+                gflops = 1000.0 * float(r["tflops"])
+            time_s = r.get("median_s")
+            if time_s is None and r.get("median_ms") is not None:
+                time_s = float(r["median_ms"]) / 1000.0
+            memory = None
+            for key, scale in _MEMORY_KEYS:
+                if r.get(key) is not None:
+                    memory = float(r[key]) * scale
+                    break
+            out.append({"device": _device_of(result, r),
+                        "series": str(_first(r, _SERIES_KEYS) or result.get("benchmark", "?")),
+                        "panel": str(_first(r, _PANEL_KEYS) or "full"),
+                        "n": int(n), "gflops": gflops, "time_s": time_s, "memory_mb": memory,
+                        "dtype": r.get("dtype")})
+    return out
+
+
+def _perf_figure(results, value: str, ylabel: str, title: str, fig, *, logy: bool):
+    """Rows CPU and GPU, one column per mask; a GPU row saying "no GPU results yet" if none."""
+    records = [r for r in _records(results) if r[value] is not None]
+    if not any(r["device"] == "CPU" for r in records) and not any(r["device"] == "GPU"
+                                                                   for r in records):
+        fig = new_figure((6.0, 2.4), fig)
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no benchmark results with '%s' found\n(run paper/benchmarks/*.py)"
+                % value, ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        return fig
+    panels = list(dict.fromkeys(r["panel"] for r in records))
+    series = list(dict.fromkeys(r["series"] for r in records))
+    devices = [d for d in ("CPU", "GPU") if any(r["device"] == d for r in records)]
+    fig = new_figure((3.3 * len(panels) + 1.8, 3.0 * 2 + 0.6 if "GPU" in devices else 4.3), fig)
+    rows = ["CPU", "GPU"]
+    heights = [3, 3] if "GPU" in devices else [3, 0.55]
+    grid = fig.add_gridspec(2, len(panels), height_ratios=heights)
+    handles = {}
+    for i, device in enumerate(rows):
+        if device not in devices:
+            ax = fig.add_subplot(grid[i, :])
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "GPU: no GPU results yet (paper/results/gpu_*.json missing)",
+                    ha="center", va="center", transform=ax.transAxes, color="0.3", fontsize=10)
+            continue
+        first = None
+        for j, panel in enumerate(panels):
+            ax = fig.add_subplot(grid[i, j], sharey=first)
+            first = first or ax
+            for k, name in enumerate(series):
+                pts = sorted((r["n"], float(r[value])) for r in records
+                             if r["device"] == device and r["panel"] == panel and r["series"] == name)
+                if not pts:
+                    continue
+                x, y = zip(*pts)
+                (line,) = ax.plot(x, y, marker=MARKERS[k % len(MARKERS)], markersize=4,
+                                  color=CATEGORICAL[k % len(CATEGORICAL)], label=name)
+                handles.setdefault(name, line)
+            ax.set_xscale("log", base=2)
+            integer_log2_axis(ax.xaxis)
+            if logy:
+                ax.set_yscale("log")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.set_title(f"{device}: {panel}", fontsize=10)
+            ax.set_xlabel("sequence length n")
+            if j == 0:
+                ax.set_ylabel(ylabel)
+            else:
+                ax.tick_params(labelleft=False)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right center",
+               frameon=False, fontsize=9)
+    fig.suptitle(title)
+    return fig
+
+
+def throughput_plot(results="paper/results", *, metric="gflops", fig=None):
+    """Attention throughput (or time) vs sequence length, per backend and peer.
+
+    Reads every result with a ``records`` list (``paper/results/cpu_attention.json``
+    and any ``gpu_*.json``): each record needs ``n`` and ``gflops`` (or
+    ``tflops``) / ``median_s``, and is grouped by ``method`` (or ``backend``,
+    ``peer``) into lines and by ``mask`` into panels. Records come out on a
+    GPU row when the file or record names a GPU/CUDA device; without any the
+    figure says "no GPU results yet".
+
+    Parameters
+    ----------
+    results : path, dict or list of dict
+        A results folder, a .json file, or loaded results (:func:`load_results`).
+    metric : {"gflops", "time"}
+        GFLOP/s (higher is better) or median seconds per call.
+    fig : matplotlib.figure.Figure, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from attnkit.plot import throughput_plot
+    >>> res = {"benchmark": "cpu_attention", "records": [
+    ...     {"method": "attnkit", "mask": "full", "n": n, "gflops": g, "median_s": 0.1}
+    ...     for n, g in ((512, 50.0), (1024, 60.0))]}
+    >>> fig = throughput_plot(res)
+    >>> [t.get_text() for t in fig.texts if "GPU" in t.get_text()] or \\
+    ...     [t.get_text() for ax in fig.axes for t in ax.texts]
+    ['GPU: no GPU results yet (paper/results/gpu_*.json missing)']
+    """
+    if metric not in ("gflops", "time"):
+        raise errors.value_error("metric", "'gflops' or 'time'", repr(metric), "pick one of those")
+    if metric == "gflops":
+        return _perf_figure(results, "gflops", "GFLOP/s (median)",
+                            "Attention forward throughput vs length", fig, logy=False)
+    return _perf_figure(results, "time_s", "seconds per call (median)",
+                        "Attention forward time vs length", fig, logy=True)
+
+
+def memory_plot(results="paper/results", *, fig=None):
+    """Peak extra memory of one attention call vs sequence length, per backend and peer.
+
+    Uses the records' ``peak_extra_mb`` (or ``peak_mb``, ``peak_memory_mb``,
+    ``peak_gb``, ``peak_bytes``): memory allocated beyond the inputs during
+    the call. Layout as in :func:`throughput_plot` (log-log axes).
+
+    Examples
+    --------
+    >>> from attnkit.plot import memory_plot
+    >>> res = {"records": [{"method": "numpy", "n": n, "peak_extra_mb": n * n / 2**17}
+    ...                    for n in (512, 1024)]}
+    >>> memory_plot(res).axes[0].get_ylabel()
+    'peak extra memory (MB)'
+    """
+    return _perf_figure(results, "memory_mb", "peak extra memory (MB)",
+                        "Peak memory of one attention call vs length", fig, logy=True)
+
+
+def cost_plot(results="paper/results", *, ax=None):
+    """Time vs sequence length per attention pattern (full, local, sparse, strided, linear).
+
+    Reads the ``attention_cost`` result (``series``: pattern -> points with
+    ``n`` and ``median_s``; ``exponents``: fitted ``p`` in ``time ~ n^p``),
+    on log-log axes with dashed n^1 and n^2 guides.
+
+    Parameters
+    ----------
+    results : path, dict or list of dict
+        A results folder, ``attention_cost.json`` or loaded results.
+    ax : matplotlib.axes.Axes, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from attnkit.plot import cost_plot
+    >>> res = {"benchmark": "attention_cost", "series": {
+    ...     "full": [{"n": 512, "median_s": 0.01}, {"n": 1024, "median_s": 0.04}],
+    ...     "linear": [{"n": 512, "median_s": 0.01}, {"n": 1024, "median_s": 0.02}]}}
+    >>> [t.get_text() for t in cost_plot(res).axes[0].get_legend().get_texts()][:2]
+    ['full: fitted n^2.00', 'linear: fitted n^1.00']
+    """
+    found = [r for r in load_results(results) if isinstance(r.get("series"), dict)
+             and r.get("benchmark", "attention_cost") == "attention_cost"]
+    fig, ax = figure_and_axes(ax, (7.2, 4.4))
+    if not found:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no attention_cost results yet\n(run paper/benchmarks/attention_cost.py)",
+                ha="center", va="center", transform=ax.transAxes)
+        return fig
+    result = found[-1]
+    exponents = result.get("exponents", {})
+    first = None
+    for k, (name, points) in enumerate(result["series"].items()):
+        pts = sorted((int(p["n"]), float(p["median_s"])) for p in points if "median_s" in p)
+        if not pts:
+            continue
+        n, t = (np.array(v) for v in zip(*pts))
+        p = exponents.get(name)
+        if p is None and len(n) > 1:
+            p = float(np.polyfit(np.log(n), np.log(t), 1)[0])
+        label = f"{name}: fitted n^{p:.2f}" if p is not None else name
+        ax.plot(n, t * 1e3, marker=MARKERS[k % len(MARKERS)], markersize=4,
+                color=CATEGORICAL[k % len(CATEGORICAL)], label=label)
+        first = first or (n, t * 1e3)
+    if first is not None and len(first[0]) > 1:
+        n, t = first
+        for power, style in ((1, ":"), (2, "--")):
+            ax.plot(n, t[0] * (n / n[0]) ** power, color="0.55", linestyle=style, linewidth=1,
+                    label=f"guide ∝ n^{power}")
+    ax.set_xscale("log", base=2)
+    integer_log2_axis(ax.xaxis)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length n")
+    ax.set_ylabel("time per call (ms, median)")
+    shape = result.get("shape", {})
+    where = ", ".join(f"{k}={v}" for k, v in shape.items())
+    ax.set_title(f"Attention cost vs length{' (' + where + ')' if where else ''}", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7.5, frameon=False, loc="upper left")
+    return fig
