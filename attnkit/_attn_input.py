@@ -99,7 +99,9 @@ def attention_stack(attn, lengths=None, *, name: str = "attn",
                                  "pass non-empty attention")
     batch_shape = a.shape[:-4]
     lens = as_lengths("lengths", lengths, batch_shape, n)
-    flat = np.ascontiguousarray(a.reshape((-1,) + a.shape[-4:]))
+    # An explicit sample count: reshape(-1, ...) is ambiguous when n = 0.
+    n_samples = int(np.prod(batch_shape, dtype=np.int64))
+    flat = np.ascontiguousarray(a.reshape((n_samples,) + a.shape[-4:]))
     if check_values and flat.size:
         from .kernels.cpu.rollout import first_invalid
 

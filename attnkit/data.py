@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_file, normal_mode
-from .errors import shape_error, value_error
+from .errors import dtype_error, shape_error, value_error
 
 __all__ = ["SCHEMA_VERSION", "from_arrays", "validate", "save_dataset", "open_dataset"]
 
@@ -62,6 +62,16 @@ def _float_dtype(*arrays) -> np.dtype:
     return np.dtype(np.float64) if dtype is None else dtype
 
 
+def _check_real(name: str, a: np.ndarray) -> None:
+    """Refuse dtypes that cannot become float without losing information
+    (complex would drop its imaginary part) or that are not numbers at all."""
+    if a.dtype.kind in "iuf" or a.dtype.name == "bfloat16":
+        return
+    fix = (f"keep the real part explicitly, e.g. np.real({name}).astype(np.float32)"
+           if a.dtype.kind == "c" else f"pass numbers, e.g. np.asarray({name}, dtype=np.float32)")
+    raise dtype_error(name, a.dtype, fix)
+
+
 def _as_samples(name: str, value, ndim: int, expected: str):
     """Turn ``value`` into a list of per-sample arrays with ``ndim`` dims each.
 
@@ -73,11 +83,13 @@ def _as_samples(name: str, value, ndim: int, expected: str):
             raise shape_error(name, expected, "an empty list", "pass at least one sample")
         items = [np.asarray(v) for v in value]
         for i, a in enumerate(items):
+            _check_real(f"{name}[{i}]", a)
             if a.ndim != ndim:
                 raise shape_error(f"{name}[{i}]", "(" + expected[len("(sample, "):], a.shape,
                                   f"give every sample of {name} {ndim} dims")
         return items, False
     a = np.asarray(value)
+    _check_real(name, a)
     if a.ndim == ndim + 1:
         return list(a), False
     if a.ndim == ndim:
@@ -212,6 +224,11 @@ def from_arrays(attention, *, tokens=None, lengths=None, q=None, k=None, v=None,
             raise shape_error(f"attention[{i}]" if not single else "attention",
                               "(layer, head, n, n) with as many queries as keys", a.shape,
                               "pass self-attention weights (square in query and key)")
+    for i, a in enumerate(att_items):
+        if a.shape[-1] == 0:
+            raise shape_error(f"attention[{i}]" if not single else "attention",
+                              "(layer, head, n, n) with n >= 1", a.shape,
+                              "drop empty samples; every sample needs at least one token")
     n = max(a.shape[-1] for a in att_items)
     n_samples = len(att_items)
     shapes = [a.shape[-1] for a in att_items]
@@ -278,6 +295,11 @@ def from_arrays(attention, *, tokens=None, lengths=None, q=None, k=None, v=None,
         if len(g_items) != n_samples:
             raise shape_error("gradient", f"{n_samples} samples like attention", len(g_items),
                               "pass one gradient per attention sample")
+        for i, (g, a) in enumerate(zip(g_items, att_items)):
+            if g.shape[:2] != a.shape[:2]:
+                raise shape_error(f"gradient[{i}]", f"({a.shape[0]}, {a.shape[1]}, query, key): "
+                                  f"the layers and heads of attention[{i}]", g.shape,
+                                  "save one gradient per attention weight (same layers and heads)")
         data_vars["gradient"] = (ATTENTION_DIMS, _pad_positions(
             "gradient", g_items, lengths, n, (2, 3), _float_dtype(*g_items)))
 
@@ -289,6 +311,11 @@ def from_arrays(attention, *, tokens=None, lengths=None, q=None, k=None, v=None,
         if len(items) != n_samples:
             raise shape_error(name, f"{n_samples} samples like attention", len(items),
                               f"pass one {name} per attention sample")
+        for i, (x, a) in enumerate(zip(items, att_items)):
+            if x.shape[:2] != a.shape[:2]:
+                raise shape_error(f"{name}[{i}]", f"({a.shape[0]}, {a.shape[1]}, position, dim): "
+                                  f"the layers and heads of attention[{i}]", x.shape,
+                                  f"store {name} for the same layers and heads as the attention")
         width = items[0].shape[-1]
         dim = "dim"
         if "dim" in dim_sizes and dim_sizes["dim"] != width:
@@ -305,6 +332,7 @@ def from_arrays(attention, *, tokens=None, lengths=None, q=None, k=None, v=None,
             emb = np.stack([np.asarray(e) for e in embedding])
         else:
             emb = np.asarray(embedding)
+            _check_real("embedding", emb)
             if emb.ndim == 1:
                 emb = emb[None]
         if emb.ndim != 2 or emb.shape[0] != n_samples:
@@ -684,6 +712,18 @@ def _quiet_chunk_warning():
         yield
 
 
+def read_error(path, exc: BaseException) -> ValueError:
+    """The ValueError for a dataset file that cannot be read (corrupt, truncated,
+    not netCDF/zarr). Lazily opened data fails only when a chunk is read: callers
+    that compute on it use this for the same message."""
+    path = Path(os.fspath(path))
+    zarr_like = path.is_dir() or path.suffix.lower() == ".zarr"
+    kind, fmt = ("zarr store", "zarr") if zarr_like else ("netCDF4 file", "netcdf")
+    return ValueError(f"{path}: expected a readable {kind}, got an unreadable or truncated one "
+                      f"({type(exc).__name__}: {exc}). Fix: re-create it with ak.save_dataset; "
+                      f"the file may be corrupt or not a {fmt} file")
+
+
 def open_dataset(path, *, chunks=None):
     """Open an attention dataset saved by :func:`save_dataset` (netCDF or zarr).
 
@@ -738,13 +778,10 @@ def open_dataset(path, *, chunks=None):
             loaded = ds.load()
             ds.close()
             ds = loaded
-    except (FileNotFoundError, ImportError):
+    except ImportError:
         raise
     except Exception as exc:
-        raise ValueError(f"{path}: expected a readable {'zarr store' if fmt == 'zarr' else 'netCDF4 file'}"
-                         f", got an unreadable or truncated one ({type(exc).__name__}: {exc}). Fix: "
-                         f"re-create it with ak.save_dataset; the file may be corrupt or not a "
-                         f"{fmt} file") from exc
+        raise read_error(path, exc) from exc
     problem = _schema_problem(ds.attrs)
     if problem is not None:
         ds.close()
