@@ -114,7 +114,14 @@ def run_blocks(fn, ds, *, client, chunk, quiet, label):
         result = fn(ds)
         if not quiet:
             click.echo(f"{label}: computing {ds.sizes['sample']} samples on the cluster", err=True)
-        return result.compute()
+        try:
+            return result.compute()
+        except (ValueError, TypeError, MemoryError, KeyError, OSError):
+            raise  # attnkit's own messages; user_errors prints them
+        except Exception as exc:  # lazily opened chunks are first read here
+            raise UserError(f"input: expected readable chunks, got {type(exc).__name__} while "
+                            f"computing on the cluster ({exc}). Fix: check the file with "
+                            f"`attnkit info FILE`; it may be corrupt or truncated") from exc
     n = ds.sizes["sample"]
     size = block_size(n, chunk)
     parts = []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import click
@@ -11,18 +13,38 @@ import numpy as np
 from ._common import UserError, emit, format_option, save_npz_atomic, user_errors
 
 
+def _unreadable(path: str, exc: Exception) -> UserError:
+    kind = ".npz archive (np.savez)" if path.endswith(".npz") else ".npy array (np.save)"
+    return UserError(f"{path}: expected a NumPy {kind} of numbers, got an unreadable file "
+                     f"({exc}). Fix: save the arrays again with np.savez / np.save")
+
+
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _np_load(path: str):
+    """np.load without pickles; an unreadable file is a one-line UserError."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+
+
 def _load(inputs: tuple[str, ...]) -> dict[str, np.ndarray]:
     if len(inputs) == 1 and inputs[0].endswith(".npz"):
-        with np.load(inputs[0]) as data:
+        with _np_load(inputs[0]) as data:
             missing = [name for name in ("q", "k", "v") if name not in data]
             if missing:
                 raise UserError(
                     f"{inputs[0]}: expected arrays named q, k and v, missing {missing}. "
                     "Fix: save them with np.savez(path, q=q, k=k, v=v)."
                 )
-            return {name: data[name] for name in data.files}
+            try:
+                return {name: data[name] for name in data.files}
+            except _READ_ERRORS as exc:  # a member that is truncated, corrupt or pickled
+                raise _unreadable(inputs[0], exc) from exc
     if len(inputs) == 3 and all(p.endswith(".npy") for p in inputs):
-        return dict(zip(("q", "k", "v"), (np.load(p) for p in inputs)))
+        return dict(zip(("q", "k", "v"), (_np_load(p) for p in inputs)))
     raise UserError(
         f"expected one .npz file with q, k, v or three .npy files Q K V, got {list(inputs)}. "
         "Fix: attnkit attend qkv.npz  or  attnkit attend q.npy k.npy v.npy"

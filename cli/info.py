@@ -13,12 +13,22 @@ from ._common import user_errors
 def _describe(path) -> dict:
     import attnkit as ak
 
+    from attnkit.data import read_error
+
     ds = ak.open_dataset(path, chunks={"sample": 1})  # lazy where dask is installed
     try:
-        ak.validate(ds)
+        ak.validate(ds)  # reads every chunk: a corrupt one fails here, not at open
         problems = []
     except ValueError as exc:
-        problems = [line for line in str(exc).splitlines() if line.strip()]
+        if not str(exc).startswith("invalid attnkit dataset"):
+            ds.close()
+            raise read_error(path, exc) from exc
+        # the lines after validate's header, one per problem, without their "- " bullet
+        problems = [line[2:] if line.startswith("- ") else line
+                    for line in str(exc).splitlines()[1:] if line.strip()]
+    except Exception as exc:  # e.g. a chunk that fails to decompress
+        ds.close()
+        raise read_error(path, exc) from exc
     lengths = ds["length"].values if "length" in ds else None
     info = {
         "file": str(path),
