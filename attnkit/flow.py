@@ -29,6 +29,8 @@ def _sources(sources, n: int) -> np.ndarray:
     if sources is None:
         return np.arange(n, dtype=np.int64)
     arr = np.asarray(sources)
+    if arr.size == 0 and arr.ndim == 1:
+        return np.empty(0, dtype=np.int64)
     if arr.dtype == bool or arr.dtype.kind not in "iu" or arr.ndim > 1:
         raise errors.value_error("sources", "an int position or a 1-D list of int positions",
                                  repr(sources), "pass e.g. sources=[0] for the first token")

@@ -159,6 +159,7 @@ def test_sources_subset_and_negative_positions(rng):
     assert np.isnan(part[1, 7]).all()
     single = ak.attention_flow(a[0], sources=3)
     np.testing.assert_array_equal(single[3], full[0, 3])
+    assert np.isnan(ak.attention_flow(a, sources=[])).all()
 
 
 def test_leading_batch_dims_and_float32(rng):
