@@ -24,6 +24,7 @@ from .equivariance import check_equivariance
 from .flow import attention_flow
 from .options import get_options, set_options
 from .rollout import augmented_attention, grad_rollout, rollout
+from .scores import SCORE_KINDS, attention_scores
 from .stats import head_stats
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
 
@@ -60,6 +61,8 @@ __all__ = [
     "augmented_attention",
     "attention_flow",
     "head_stats",
+    "attention_scores",
+    "SCORE_KINDS",
     "correlate",
     "compare_correlations",
 ]

@@ -66,9 +66,22 @@ class AttentionAccessor:
         """Attention flow; see :func:`attnkit.attention_flow`."""
         return _public("attention_flow")(self._ds, **kwargs)
 
-    def correlate(self, score, impact, **kwargs):
-        """Correlate an attention score with impact; see :func:`attnkit.correlate`."""
-        return _public("correlate")(score, impact, **kwargs)
+    def scores(self, kind: str = "rollout", **kwargs):
+        """[CLS] scores per layer; see :func:`attnkit.attention_scores`."""
+        return _public("attention_scores")(self._ds, kind, **kwargs)
+
+    def correlate(self, score: str = "rollout", impact=None, *, layers=None, residual=0.5,
+                  **kwargs):
+        """Correlate a score with the stored ``impact``; see :func:`attnkit.correlate`.
+
+        ``impact`` picks an ablation method (e.g. ``"delete"``); by default every
+        method is correlated (the result keeps a ``method`` dim).
+        """
+        scores = _public("attention_scores")(self._ds, score, layers=layers, residual=residual)
+        target = self._ds["impact"]
+        if impact is not None:
+            target = target.sel(method=impact, drop=True)
+        return _public("correlate")(scores, target, **kwargs)
 
     def plot(self, kind: str = "heatmap", **kwargs):
         """Draw a figure of this dataset; see :mod:`attnkit.plot`."""

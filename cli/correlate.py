@@ -71,44 +71,6 @@ def _impact_labels(ds) -> list[str]:
     return [str(i) for i in range(ds.sizes["method"])]
 
 
-def score_arrays(ds, score: str, layers: list[int], residual: float) -> np.ndarray:
-    """(sample, len(layers), position) scores; NaN or anything past each sample's length."""
-    import attnkit as ak
-
-    attn = ds["attention"].values
-    lengths = ds["length"].values
-    out = np.full((attn.shape[0], len(layers), attn.shape[-1]), np.nan)
-    if score == "grad" and "gradient" not in ds.variables:
-        raise UserError("--score grad: expected a `gradient` variable (sample, layer, head, "
-                        "query, key) in the dataset, got none. Fix: store gradients with the "
-                        "attention, or use --score rollout")
-    if score == "flow" and not hasattr(ak, "attention_flow"):  # pragma: no cover - transitional
-        raise UserError("--score flow: ak.attention_flow is not available in this attnkit. "
-                        "Fix: use --score raw or rollout")
-    for i, layer in enumerate(layers):
-        upto = attn[:, : layer + 1]
-        if score == "raw":
-            out[:, i] = attn[:, layer, :, 0, :].mean(axis=1)
-        elif score == "rollout":
-            out[:, i] = ak.rollout(upto, residual=residual, lengths=lengths)[:, 0, :]
-        elif score == "grad":
-            grad = ds["gradient"].values[:, : layer + 1]
-            out[:, i] = ak.grad_rollout(upto, grad, lengths=lengths)[:, 0, :]
-        else:
-            out[:, i] = ak.attention_flow(upto, sources=[0], residual=residual,
-                                        lengths=lengths)[:, 0, :]
-    return out
-
-
-def _score_dataarray(ds, values, layers):
-    import xarray as xr
-
-    coords = {"layer": layers}
-    if "token" in ds.variables:
-        coords["token"] = (("sample", "position"), ds["token"].values)
-    return xr.DataArray(values, dims=("sample", "layer", "position"), coords=coords)
-
-
 def _write(result, rows, path: Path) -> None:
     if path.suffix.lower() == ".csv":
         import csv
@@ -213,7 +175,7 @@ def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, r
     lengths = xr.DataArray(ds["length"].values, dims="sample")
     common = dict(method=method, lengths=lengths, exclude=exclude, ci=ci,
                   n_boot=n_boot, seed=seed)
-    score_da = {s: _score_dataarray(ds, score_arrays(ds, s, layers, residual), layers)
+    score_da = {s: ak.attention_scores(ds, s, layers=layers, residual=residual)
                 for s in scores}
     per_impact, rows = [], []
     for impact_name in chosen:

@@ -40,3 +40,17 @@ def test_accessor_validate_reports_problems(ds):
     bad["attention"][0, 0, 0, 0, 0] = -1.0
     with pytest.raises(ValueError, match="negative"):
         bad.attn.validate()
+
+
+def test_accessor_correlate_uses_scores_and_impact(ds, rng):
+    import xarray as xr
+
+    impact = rng.random((2, 5, 2))
+    impact[1, 3:] = np.nan
+    ds["impact"] = xr.DataArray(impact, dims=("sample", "position", "method"),
+                                coords={"method": ["delete", "mask"]})
+    got = ds.attn.correlate("raw", "mask", method="pearson", n_boot=50)
+    want = ak.correlate(ak.attention_scores(ds, "raw"), ds.impact.sel(method="mask", drop=True),
+                        method="pearson", n_boot=50)
+    np.testing.assert_array_equal(got.statistic.values, want.statistic.values)
+    assert np.isfinite(got.statistic.values).all()

@@ -131,7 +131,7 @@ def test_parse_layers():
     (["--layer", "7"], ["--layer: expected layers in [0, 2]"]),
     (["--layer", "x"], ["--layer: expected 'all' or layers"]),
     (["--impact", "zero"], ["--impact: expected one of ['delete', 'mask']", "Fix:"]),
-    (["--score", "grad"], ["--score grad: expected a `gradient` variable"]),
+    (["--score", "grad"], ["expected a `gradient` variable", "Fix:"]),
     (["-o", "out.txt"], ["--output: expected a path ending in .csv, .nc or .zarr"]),
     (["-o", "no/such/dir/out.csv"], ["--output: expected an existing folder"]),
 ])

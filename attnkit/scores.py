@@ -1,0 +1,107 @@
+"""Per-token attention scores of one output position, layer by layer.
+
+"How much does output position ``query`` draw on each input token, up to
+layer ``l``?" has several answers; :func:`attention_scores` computes each of
+them for every layer, in the shape the correlation with ablation impact needs:
+
+* ``raw``: the head-averaged attention of layer ``l`` itself, row ``query``;
+* ``rollout``: row ``query`` of the rollout of layers ``0..l`` (:func:`attnkit.rollout`);
+* ``flow``: the attention flow from output node ``query`` through layers ``0..l``
+  (:func:`attnkit.attention_flow`);
+* ``grad``: row ``query`` of gradient-weighted rollout of layers ``0..l``
+  (:func:`attnkit.grad_rollout`, needs the dataset's ``gradient``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import errors
+
+__all__ = ["attention_scores", "SCORE_KINDS"]
+
+SCORE_KINDS = ("raw", "rollout", "flow", "grad")
+
+
+def _layers(layers, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    out = []
+    for layer in np.atleast_1d(layers):
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) or not (
+                -n_layers <= layer < n_layers):
+            raise errors.value_error("layers", f"layer indices in [0, {n_layers})", repr(layer),
+                                     "count layers from 0")
+        out.append(int(layer) % n_layers)
+    return out
+
+
+def attention_scores(ds, kind: str = "rollout", *, layers=None, query: int = 0,
+                     residual: float = 0.5, head_fusion: str = "mean"):
+    """Scores of every input position for output position ``query``, per layer.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An attention dataset (``attention``, ``length``; ``gradient`` for "grad").
+    kind : {"raw", "rollout", "flow", "grad"}
+    layers : int or sequence of int, optional
+        Layers to score (default: all). Layer ``l`` uses layers ``0..l``.
+    query : int
+        The output position explained (0 = [CLS]).
+    residual, head_fusion
+        Passed to rollout and flow.
+
+    Returns
+    -------
+    xarray.DataArray (sample, layer, position)
+        NaN past each sample's length.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> ds = ak.from_arrays(np.full((1, 2, 2, 3, 3), 1 / 3))
+    >>> s = ak.attention_scores(ds, "raw")
+    >>> s.dims, s.values[0, 0].round(3).tolist()
+    (('sample', 'layer', 'position'), [0.333, 0.333, 0.333])
+    """
+    import xarray as xr
+
+    import attnkit as ak
+
+    if kind not in SCORE_KINDS:
+        raise errors.value_error("kind", f"one of {SCORE_KINDS}", repr(kind), "pick one of those")
+    if kind == "grad" and "gradient" not in ds.variables:
+        raise errors.value_error("ds", "a `gradient` variable (sample, layer, head, query, key) "
+                                 "for kind='grad'", "none",
+                                 "store gradients with the attention, or use kind='rollout'")
+    attn = np.asarray(ds["attention"].values)
+    lengths = np.asarray(ds["length"].values)
+    n_layers, n = attn.shape[1], attn.shape[-1]
+    chosen = _layers(layers, n_layers)
+    if isinstance(query, (bool, np.bool_)) or not isinstance(query, (int, np.integer)) or not (
+            0 <= query < n):
+        raise errors.value_error("query", f"a position in [0, {n})", repr(query),
+                                 "pick an output position inside the samples")
+    out = np.full((attn.shape[0], len(chosen), n), np.nan)
+    for i, layer in enumerate(chosen):
+        upto = attn[:, : layer + 1]
+        if kind == "raw":
+            row = attn[:, layer, :, query, :].mean(axis=1)  # NaN only in padding
+        elif kind == "rollout":
+            row = ak.rollout(upto, residual=residual, head_fusion=head_fusion,
+                             lengths=lengths)[:, query, :]
+        elif kind == "grad":
+            grad = np.asarray(ds["gradient"].values)[:, : layer + 1]
+            row = ak.grad_rollout(np.nan_to_num(upto), np.nan_to_num(grad),
+                                  lengths=lengths)[:, query, :]
+        else:
+            row = ak.attention_flow(upto, sources=[query], residual=residual,
+                                    head_fusion=head_fusion, lengths=lengths)[:, query, :]
+        valid = np.arange(n)[None, :] < lengths[:, None]
+        out[:, i] = np.where(valid & (query < lengths)[:, None], row, np.nan)
+    coords = {"layer": chosen}
+    if "token" in ds.variables:
+        coords["token"] = (("sample", "position"), ds["token"].values)
+    return xr.DataArray(out, dims=("sample", "layer", "position"), coords=coords,
+                        name=f"{kind}_score", attrs={"query": int(query), "kind": kind})
