@@ -92,7 +92,6 @@ def test_rollout_prints_top_sources_and_writes(tmp_path, dataset):
 
 
 def test_flow_one_query_row(tmp_path, dataset):
-    pytest.importorskip("attnkit.flow")
     path, ds = dataset
     result = run("flow", path, "--query", "1", "-o", tmp_path / "f.nc", "--format", "json")
     assert result.exit_code == 0, result.output

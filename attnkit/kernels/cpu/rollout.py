@@ -20,20 +20,30 @@ FUSION_CODES = {"mean": 0, "max": 1, "min": 2}
 
 @njit(cache=True, nogil=True)
 def fuse_heads(heads, length, fusion, out):
-    """Fuse ``heads`` (H, n, n) over the head axis into ``out[:length, :length]``."""
+    """Fuse ``heads`` (H, n, n) over the head axis into ``out[:length, :length]``.
+
+    Head-outer loops keep every access contiguous (a row at a time).
+    """
     n_heads = heads.shape[0]
     for i in range(length):
+        dst = out[i, :length]
+        src = heads[0, i, :length]
         for j in range(length):
-            acc = np.float64(heads[0, i, j])
-            for h in range(1, n_heads):
-                x = np.float64(heads[h, i, j])
-                if fusion == 0:
-                    acc += x
-                elif fusion == 1:
-                    acc = max(acc, x)
-                else:
-                    acc = min(acc, x)
-            out[i, j] = acc / n_heads if fusion == 0 else acc
+            dst[j] = src[j]
+        for h in range(1, n_heads):
+            src = heads[h, i, :length]
+            if fusion == 0:
+                for j in range(length):
+                    dst[j] += src[j]
+            elif fusion == 1:
+                for j in range(length):
+                    dst[j] = max(dst[j], np.float64(src[j]))
+            else:
+                for j in range(length):
+                    dst[j] = min(dst[j], np.float64(src[j]))
+        if fusion == 0:
+            for j in range(length):
+                dst[j] /= n_heads
 
 
 @njit(cache=True, nogil=True)
@@ -138,6 +148,16 @@ def grad_rollout(attn, grad, lengths, start_layer, out):
         out[s, :length, :length] = relevance
 
 
+@njit(cache=True, nogil=True)
+def _row_is_bad(row, length):
+    """True if any of row[:length] is NaN, inf or negative (branch-free, vectorises)."""
+    bad = False
+    for j in range(length):
+        x = row[j]
+        bad |= not (x >= 0.0 and x < np.inf)
+    return bad
+
+
 @njit(cache=True, parallel=True)
 def first_invalid(attn, lengths):
     """Per sample: flat index (in the valid block) of the first NaN/inf/negative weight, or -1."""
@@ -145,20 +165,16 @@ def first_invalid(attn, lengths):
     bad = np.full(n_samples, -1, dtype=np.int64)
     for s in prange(n_samples):
         length = lengths[s]
-        found = False
-        for layer in range(n_layers):
-            for h in range(n_heads):
-                for i in range(length):
-                    for j in range(length):
-                        x = attn[s, layer, h, i, j]
-                        if not (x >= 0.0 and x < np.inf):
-                            bad[s] = ((layer * n_heads + h) * length + i) * length + j
-                            found = True
-                            break
-                    if found:
+        for row_index in range(n_layers * n_heads * length):
+            layer = row_index // (n_heads * length)
+            h = (row_index // length) % n_heads
+            i = row_index % length
+            row = attn[s, layer, h, i]
+            if _row_is_bad(row, length):
+                for j in range(length):
+                    x = row[j]
+                    if not (x >= 0.0 and x < np.inf):
+                        bad[s] = row_index * length + j
                         break
-                if found:
-                    break
-            if found:
                 break
     return bad
