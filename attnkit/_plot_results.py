@@ -345,52 +345,60 @@ def _records(results):
 def _perf_figure(results, value: str, ylabel: str, title: str, fig, *, logy: bool):
     """Rows CPU and GPU, one column per mask; a GPU row saying "no GPU results yet" if none."""
     records = [r for r in _records(results) if r[value] is not None]
-    if not any(r["device"] == "CPU" for r in records) and not any(r["device"] == "GPU"
-                                                                   for r in records):
+    if not records:
         fig = new_figure((6.0, 2.4), fig)
         ax = fig.add_subplot()
         ax.set_axis_off()
-        ax.text(0.5, 0.5, "no benchmark results with '%s' found\n(run paper/benchmarks/*.py)"
-                % value, ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"no benchmark results with {value!r} found\n"
+                "(run paper/benchmarks/*.py)", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title)
         return fig
     panels = list(dict.fromkeys(r["panel"] for r in records))
     series = list(dict.fromkeys(r["series"] for r in records))
     devices = [d for d in ("CPU", "GPU") if any(r["device"] == d for r in records)]
-    fig = new_figure((3.3 * len(panels) + 1.8, 3.0 * 2 + 0.6 if "GPU" in devices else 4.3), fig)
-    rows = ["CPU", "GPU"]
-    heights = [3, 3] if "GPU" in devices else [3, 0.55]
+    heights = [3.0 if d in devices else 0.55 for d in ("CPU", "GPU")]
+    fig = new_figure((3.3 * len(panels) + 1.8, sum(heights) + 0.75), fig)
     grid = fig.add_gridspec(2, len(panels), height_ratios=heights)
     handles = {}
-    for i, device in enumerate(rows):
+    for i, device in enumerate(("CPU", "GPU")):
         if device not in devices:
             ax = fig.add_subplot(grid[i, :])
             ax.set_axis_off()
-            ax.text(0.5, 0.5, "GPU: no GPU results yet (paper/results/gpu_*.json missing)",
-                    ha="center", va="center", transform=ax.transAxes, color="0.3", fontsize=10)
+            ax.text(0.5, 0.5, f"{device}: no {device} results yet (paper/results/"
+                    f"{device.lower()}_*.json missing)", ha="center", va="center",
+                    transform=ax.transAxes, color="0.3", fontsize=10)
             continue
+        rows = [r for r in records if r["device"] == device]
+        scale, label = 1.0, ylabel
+        if value == "gflops" and max(float(r[value]) for r in rows) >= 2000:
+            scale, label = 1e-3, ylabel.replace("GFLOP/s", "TFLOP/s")  # GPU numbers
         first = None
         for j, panel in enumerate(panels):
             ax = fig.add_subplot(grid[i, j], sharey=first)
             first = first or ax
             for k, name in enumerate(series):
-                pts = sorted((r["n"], float(r[value])) for r in records
-                             if r["device"] == device and r["panel"] == panel and r["series"] == name)
+                pts = sorted((r["n"], float(r[value]) * scale) for r in rows
+                             if r["panel"] == panel and r["series"] == name)
                 if not pts:
                     continue
                 x, y = zip(*pts)
                 (line,) = ax.plot(x, y, marker=MARKERS[k % len(MARKERS)], markersize=4,
                                   color=CATEGORICAL[k % len(CATEGORICAL)], label=name)
                 handles.setdefault(name, line)
+            ax.set_title(f"{device}: {panel}", fontsize=10)
+            if not ax.get_lines():
+                ax.text(0.5, 0.5, f"no {device} results for {panel}", ha="center", va="center",
+                        transform=ax.transAxes, color="0.3", fontsize=9)
+                ax.tick_params(labelbottom=False, labelleft=False, length=0)
+                continue
             ax.set_xscale("log", base=2)
             integer_log2_axis(ax.xaxis)
             if logy:
                 ax.set_yscale("log")
             ax.grid(True, which="major", alpha=0.3)
-            ax.set_title(f"{device}: {panel}", fontsize=10)
             ax.set_xlabel("sequence length n")
             if j == 0:
-                ax.set_ylabel(ylabel)
+                ax.set_ylabel(label)
             else:
                 ax.tick_params(labelleft=False)
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside right center",

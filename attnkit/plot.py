@@ -29,7 +29,9 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -573,22 +575,16 @@ def _layer_head(stats, name: str) -> np.ndarray:
     extra = [d for d in da.dims if d not in ("layer", "head")]
     values = np.asarray(da.transpose(*extra, "layer", "head").values, dtype=np.float64)
     values = values.reshape(-1, *values.shape[-2:])
-    with np.errstate(invalid="ignore"), _quiet_nan():
+    with _quiet_nan():
         return np.nanmean(values, axis=0)
 
 
-class _quiet_nan:
+@contextlib.contextmanager
+def _quiet_nan():
     """Silence 'Mean of empty slice' for all-NaN cells (they stay NaN on purpose)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        yield
 
 
 def head_stats_plot(stats, *, variables=("entropy", "distance"), cmap="viridis", annotate=None,
@@ -625,7 +621,7 @@ def head_stats_plot(stats, *, variables=("entropy", "distance"), cmap="viridis",
     n_layers, n_heads = values[0].shape
     if annotate is None:
         annotate = n_heads <= 16
-    cell = 0.45 if annotate else 0.3
+    cell = 0.5 if annotate else 0.3
     width = len(values) * (n_heads * cell + 1.6) + 0.4
     fig = new_figure((max(5.0, width), n_layers * cell + 1.6), fig)
     axes = fig.subplots(1, len(values), squeeze=False)[0]
@@ -633,8 +629,10 @@ def head_stats_plot(stats, *, variables=("entropy", "distance"), cmap="viridis",
         finite = v[np.isfinite(v)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         image = ax.imshow(v, cmap=colormap(cmap), vmin=lo, vmax=hi if hi > lo else lo + 1e-9,
-                          interpolation="nearest", aspect="equal")
-        fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02, aspect=20)
+                          interpolation="nearest", aspect="auto")
+        fig.colorbar(image, ax=ax, pad=0.02, aspect=20)
+        top = float(np.nanmax(np.abs(finite))) if finite.size else 1.0
+        fmt = "{:.2f}" if top < 10 else "{:.1f}" if top < 100 else "{:.0f}"
         ax.set_title(_STAT_LABELS.get(name, name))
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
@@ -645,7 +643,7 @@ def head_stats_plot(stats, *, variables=("entropy", "distance"), cmap="viridis",
             for i in range(n_layers):
                 for j in range(n_heads):
                     if np.isfinite(v[i, j]):
-                        ax.text(j, i, f"{v[i, j]:.1f}", ha="center", va="center", fontsize=6.5,
+                        ax.text(j, i, fmt.format(v[i, j]), ha="center", va="center", fontsize=6.5,
                                 color=text_colour(image.cmap(image.norm(v[i, j]))))
     return fig
 

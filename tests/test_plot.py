@@ -338,11 +338,14 @@ def test_throughput_plot_without_gpu_says_so():
 def test_throughput_and_memory_with_gpu_results():
     results = [cpu_result(), gpu_result()]
     fig = plot.throughput_plot(results)
-    assert not any("no GPU" in t for t in all_texts(fig))
+    assert not any("no GPU results yet" in t for t in all_texts(fig))
     titles = [ax.get_title() for ax in fig.axes if ax.get_lines()]
     assert "GPU: full" in titles
     gpu = next(ax for ax in fig.axes if ax.get_title() == "GPU: full")
-    np.testing.assert_allclose(gpu.get_lines()[0].get_ydata(), [10000, 10000])
+    np.testing.assert_allclose(gpu.get_lines()[0].get_ydata(), [10, 10])  # in TFLOP/s
+    assert gpu.get_ylabel() == "TFLOP/s (median)"
+    empty = next(ax for ax in fig.axes if ax.get_title() == "GPU: causal")
+    assert [t.get_text() for t in empty.texts] == ["no GPU results for causal"]
     fig = plot.throughput_plot(results, metric="time")
     assert fig.axes[0].get_yscale() == "log"
     fig = plot.memory_plot(results)
