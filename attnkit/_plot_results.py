@@ -315,8 +315,9 @@ def _records(results):
     out = []
     for result in load_results(results):
         records = result.get("records")
-        if not isinstance(records, list):
-            continue
+        name = str(result.get("benchmark", result.get("_file", "attention")))
+        if not isinstance(records, list) or "attention" not in name:
+            continue  # other benchmarks (correlation, interpretation, ...) time other things
         for r in records:
             if not isinstance(r, dict):
                 continue
@@ -410,8 +411,9 @@ def _perf_figure(results, value: str, ylabel: str, title: str, fig, *, logy: boo
 def throughput_plot(results="paper/results", *, metric="gflops", fig=None):
     """Attention throughput (or time) vs sequence length, per backend and peer.
 
-    Reads every result with a ``records`` list (``paper/results/cpu_attention.json``
-    and any ``gpu_*.json``): each record needs ``n`` and ``gflops`` (or
+    Reads every attention benchmark (a ``benchmark`` name or file name containing
+    "attention", e.g. ``cpu_attention.json`` and ``gpu_attention_*.json``) with a
+    ``records`` list: each record needs ``n`` and ``gflops`` (or
     ``tflops``) / ``median_s``, and is grouped by ``method`` (or ``backend``,
     ``peer``) into lines and by ``mask`` into panels. Records come out on a
     GPU row when the file or record names a GPU/CUDA device; without any the

@@ -371,12 +371,26 @@ def test_cost_plot_series_and_guides():
     assert any("no attention_cost results" in t for t in all_texts(empty))
 
 
+def test_stored_paper_results_plot():
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "paper" / "results"
+    fig = plot.throughput_plot(results)
+    assert any(ax.get_title() == "CPU: full" and ax.get_lines() for ax in fig.axes)
+    assert len(plot.cost_plot(results).axes[0].get_lines()) >= 4
+
+
 def test_results_folder_and_stored_results(tmp_path):
     (tmp_path / "cpu_attention.json").write_text(json.dumps(cpu_result()))
     (tmp_path / "notes.json").write_text("[1, 2]")  # not a result: skipped
     results = plot.load_results(tmp_path)
     assert [r["_file"] for r in results] == ["cpu_attention.json"]
     assert any(ax.get_lines() for ax in plot.throughput_plot(tmp_path).axes)
+    other = {"benchmark": "minilm_forward", "records": [{"method": "attnkit", "n": 64,
+                                                          "median_s": 9.0, "gflops": 1.0}]}
+    (tmp_path / "minilm_forward.json").write_text(json.dumps(other))
+    fig = plot.throughput_plot(tmp_path)  # not an attention benchmark: left out
+    assert [ax.get_title() for ax in fig.axes if ax.get_lines()] == ["CPU: full", "CPU: causal"]
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json: expected a JSON results file"):
         plot.load_results(tmp_path)
