@@ -52,7 +52,8 @@ def matrix(name: str, value) -> np.ndarray:
     if a.dtype.kind not in "biuf":
         raise errors.dtype_error(name, a.dtype, f"pass numbers, e.g. {name}.astype(float)")
     if a.size == 0:
-        raise errors.shape_error(name, "a non-empty matrix", a.shape, "pass at least one row and column")
+        raise errors.shape_error(name, "a non-empty matrix", a.shape,
+                                 "pass at least one row and column")
     return a.astype(np.float64)
 
 

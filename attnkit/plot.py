@@ -329,7 +329,8 @@ def _sample_block(data, sample: int, tokens):
 
 
 def _check_index(name: str, value, size: int) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and -size <= value < size
+    ok = (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+          and -size <= value < size)
     if not ok:
         raise errors.value_error(name, f"an int in [0, {size})", repr(value),
                                  f"the data has {size} {name}s, counted from 0")
@@ -510,8 +511,8 @@ def patch_overlay(cls_row, grid, image=None, *, title=None, ax=None, cmap="magma
     if r.size == h * w + 1:
         r = r[1:]
     elif r.size != h * w:
-        raise errors.shape_error("cls_row", f"({h * w},) patches or ({h * w + 1},) with [CLS] first "
-                                 f"for grid {(h, w)}", r.shape,
+        raise errors.shape_error("cls_row", f"({h * w},) patches or ({h * w + 1},) with [CLS] "
+                                 f"first for grid {(h, w)}", r.shape,
                                  "pass the [CLS] row of the rollout and the model's patch grid")
     heat = r.reshape(h, w)
     fig, ax = figure_and_axes(ax, (5.4, 4.3 * h / w + 0.7))

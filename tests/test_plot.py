@@ -237,7 +237,8 @@ def test_special_token_plot_lines_are_head_means(ds):
     fig = plot.special_token_plot(stats)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["[CLS]", "[SEP]", "punctuation"]
-    lines = [line for line in ax.get_lines() if line.get_label() in ("[CLS]", "[SEP]", "punctuation")]
+    names = ("[CLS]", "[SEP]", "punctuation")
+    lines = [line for line in ax.get_lines() if line.get_label() in names]
     for line, name in zip(lines, ("cls_mass", "sep_mass", "punct_mass")):
         expected = stats[name].mean("sample").mean("head").values
         np.testing.assert_allclose(line.get_ydata(), expected)
@@ -544,8 +545,10 @@ def test_cli_plot_stats_from_stats_file(tmp_path, saved):
 
 @pytest.mark.parametrize("args, message", [
     (["--kind", "heatmap", "-o", "{tmp}/x.jpg"], "--output: expected a path ending in .png"),
-    (["--kind", "heatmap", "--layer", "7", "-o", "{tmp}/x.png"], "layer: expected an int in [0, 2)"),
-    (["--kind", "heatmap", "--sample", "9", "-o", "{tmp}/x.png"], "sample: expected an int in [0, 3)"),
+    (["--kind", "heatmap", "--layer", "7", "-o", "{tmp}/x.png"],
+     "layer: expected an int in [0, 2)"),
+    (["--kind", "heatmap", "--sample", "9", "-o", "{tmp}/x.png"],
+     "sample: expected an int in [0, 3)"),
     (["--kind", "patch", "-o", "{tmp}/x.png"], "grid"),
     (["--kind", "heatmap", "-o", "{tmp}/nope/x.png"], "expected an existing folder"),
     (["--kind", "correlation", "-o", "{tmp}/x.png"], "table: expected a correlation Dataset"),
