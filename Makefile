@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench paper clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: $(VENV)/.test-deps
 # Benchmarks write paper/results/*.json. torch is an optional peer.
 bench: $(VENV)/.test-deps
 	$(BIN)/python paper/benchmarks/cpu_attention.py
+
+# Every figure and table of paper/paper.md, from the shipped data and paper/results/*.json.
+paper: $(VENV)/.run-deps
+	$(BIN)/attnkit paper
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

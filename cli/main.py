@@ -14,7 +14,10 @@ from attnkit._version import __version__
 
 # command name -> (module, attribute, one-line help shown by --help)
 COMMANDS = {
+    "analyze": ("attnkit_cli.analyze", "analyze",
+                "The main job: statistics, rollout, flow, equivariance and correlations."),
     "attend": ("attnkit_cli.attend", "attend", "Compute attention on saved q/k/v tensors."),
+    "paper": ("attnkit_cli.paper", "paper", "Regenerate the paper's figures and tables."),
     "info": ("attnkit_cli.info", "info", "Show what a saved attention dataset holds; validate it."),
     "stats": ("attnkit_cli.interpret", "stats", "Per-head statistics of an attention dataset."),
     "rollout": ("attnkit_cli.interpret", "rollout", "Attention rollout of an attention dataset."),

@@ -1,0 +1,95 @@
+"""Regenerate every figure and table of paper/paper.md from the shipped data and results.
+
+Used by ``attnkit paper`` and ``make paper``. Deterministic: fixed seeds, and
+the benchmark figures are drawn from the JSON in ``paper/results`` (the
+benchmarks themselves are not re-run; ``make bench`` does that).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["build_paper", "referenced_figures", "PAPER_DATASET"]
+
+#: The real dataset the paper's analysis runs on, relative to the repository root.
+PAPER_DATASET = Path("datasets") / "minilm" / "minilm.nc"
+_PERF_FIGURES = ("throughput.png", "memory.png", "attention_cost.png")
+
+
+def referenced_figures(paper_md) -> list[str]:
+    """File names of the figures ``paper.md`` shows (``![...](figures/NAME)``).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     p = pathlib.Path(tmp) / "paper.md"
+    ...     _ = p.write_text("![a](figures/one.png) text ![b](figures/two.png)")
+    ...     referenced_figures(p)
+    ['one.png', 'two.png']
+    """
+    text = Path(paper_md).read_text()
+    return re.findall(r"!\[[^\]]*\]\(figures/([^)\s]+)\)", text)
+
+
+def _performance_figures(results: Path, figures: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    made = []
+    for name, draw in zip(_PERF_FIGURES, (plot.throughput_plot, plot.memory_plot, plot.cost_plot)):
+        fig = draw(str(results))
+        path = figures / name
+        plot.save_figure(fig, path)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def build_paper(root=".", *, dataset=None, quick: bool = False, progress=None) -> list[Path]:
+    """Write paper/figures/* and paper/results/analysis.{nc,md} under ``root``.
+
+    Parameters
+    ----------
+    root : path
+        The repository root (holding ``paper/`` and ``datasets/``).
+    dataset : path, optional
+        Attention dataset to analyse (default :data:`PAPER_DATASET`).
+    quick : bool
+        Analyse only a few samples (for tests; the numbers are then not the paper's).
+    progress : callable, optional
+        Called with a line of text per step.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Every file written.
+    """
+    from .analysis import analyze
+
+    root = Path(root)
+    paper = root / "paper"
+    figures = paper / "figures"
+    results = paper / "results"
+    figures.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    dataset = root / PAPER_DATASET if dataset is None else Path(dataset)
+    if not dataset.exists():
+        raise FileNotFoundError(f"{dataset}: expected the shipped MiniLM dataset, got no such "
+                                "file. Fix: run from the repository root, or regenerate it with "
+                                "python datasets/make_minilm_dataset.py")
+    analysis = analyze(dataset, figures, quick=quick, progress=progress)
+    written = [p for p in analysis.files if p.suffix == ".png"]
+    for name, target in (("analysis.nc", "analysis.nc"), ("report.md", "analysis.md")):
+        os.replace(figures / name, results / target)
+        written.append(results / target)
+    if progress:
+        progress("performance figures from paper/results/*.json")
+    written += _performance_figures(results, figures)
+    return written

@@ -1,0 +1,313 @@
+"""The main job: one call from an attention dataset to tables, figures and a results file.
+
+:func:`analyze` validates a dataset, computes head statistics, rollout, flow
+and gradient scores of the [CLS] position, runs the built-in equivariance
+checks, correlates every score with the stored leave-one-out impacts (with
+bootstrap intervals and a paired rollout-vs-raw comparison), and writes a
+results dataset, a Markdown report and figures into one folder. ``attnkit
+analyze`` is its command-line face; this module holds the logic.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import errors
+
+__all__ = ["analyze", "AnalysisResult", "QUICK_SAMPLES"]
+
+#: Samples kept by ``quick=True`` (a smoke run).
+QUICK_SAMPLES = 8
+_LAYER_STATS = ("entropy", "distance", "self_mass", "prev_mass", "next_mass", "cls_mass",
+                "sep_mass", "punct_mass")
+
+
+@dataclass
+class AnalysisResult:
+    """What :func:`analyze` computed.
+
+    Attributes
+    ----------
+    results : xarray.Dataset
+        Head statistics, per-layer [CLS] scores, and the correlation summaries.
+    tables : dict of str to list of dict
+        ``"layers"`` (head statistics per layer), ``"correlation"`` (per layer,
+        score, impact and method), ``"paired"`` (rollout minus raw) and
+        ``"equivariance"`` (one row per built-in check).
+    files : list of pathlib.Path
+        Everything written into the output folder.
+    seconds : dict of str to float
+        Wall time of each step.
+    """
+
+    results: object
+    tables: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+
+class _Steps:
+    """Time each step and tell ``progress`` when it starts."""
+
+    def __init__(self, progress, total: int) -> None:
+        self._progress = progress
+        self._total = total
+        self._index = 0
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        self._index += 1
+        if self._progress:
+            self._progress(f"[{self._index}/{self._total}] {name}")
+        start = time.perf_counter()
+        value = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        return value
+
+
+def _layer_table(stats) -> list[dict]:
+    mean = stats.mean([d for d in ("sample", "head") if d in stats.dims])
+    rows = []
+    for layer in range(stats.sizes["layer"]):
+        row = {"layer": layer}
+        for name in _LAYER_STATS:
+            value = float(mean[name].values[layer])
+            if not np.isnan(value):
+                row[name] = value
+        rows.append(row)
+    return rows
+
+
+def _scores(ds, kinds, residual):
+    import attnkit as ak
+
+    return {kind: ak.attention_scores(ds, kind, residual=residual) for kind in kinds}
+
+
+def _correlations(ds, scores, methods, n_boot, seed):
+    """Per layer: each score against each impact method, summarised over samples."""
+    import attnkit as ak
+
+    rows, paired = [], []
+    impact = ds["impact"]
+    impact_methods = [str(m) for m in impact["method"].values] if "method" in impact.coords else [
+        str(i) for i in range(impact.sizes["method"])]
+    for i, impact_name in enumerate(impact_methods):
+        target = impact.isel(method=i, drop=True)
+        for method in methods:
+            for kind, score in scores.items():
+                res = ak.correlate(score, target, method=method, dim="position",
+                                   exclude="special", n_boot=n_boot, seed=seed)
+                for layer_index, layer in enumerate(score["layer"].values):
+                    pick = res.isel(layer=layer_index)
+                    rows.append({
+                        "layer": int(layer), "score": kind, "impact": impact_name,
+                        "method": method,
+                        "statistic": float(pick["mean_statistic"]),
+                        "ci_low": float(pick["ci_low"]), "ci_high": float(pick["ci_high"]),
+                        "significant_fraction": float(pick["significant_fraction"]),
+                        "n_instances": int(pick["n_instances"]),
+                    })
+            if "rollout" in scores and "raw" in scores:
+                diff = ak.compare_correlations(scores["rollout"], scores["raw"], target,
+                                               method=method, dim="position", exclude="special",
+                                               n_boot=n_boot, seed=seed)
+                for layer_index, layer in enumerate(scores["raw"]["layer"].values):
+                    pick = diff.isel(layer=layer_index)
+                    paired.append({
+                        "layer": int(layer), "impact": impact_name, "method": method,
+                        "rollout_minus_raw": float(pick["mean_difference"]),
+                        "ci_low": float(pick["ci_low"]), "ci_high": float(pick["ci_high"]),
+                    })
+    return rows, paired
+
+
+def _equivariance(quick: bool, seed: int) -> list[dict]:
+    from .equivariance import builtin_checks
+
+    rows = []
+    for check in builtin_checks(quick=quick, seed=seed):
+        report = check.report
+        rows.append({
+            "check": check.name, "expectation": check.expectation, "status": check.status,
+            "max_abs_error": float(report.max_abs_error) if report is not None else float("nan"),
+            "tolerance": float(report.tolerance) if report is not None else float("nan"),
+        })
+    return rows
+
+
+def _results_dataset(ds, stats, scores, correlation):
+    import pandas as pd
+    import xarray as xr
+
+    out = stats.copy()
+    for kind, score in scores.items():
+        out[f"{kind}_score"] = score.drop_vars("token", errors="ignore")
+    if correlation:
+        frame = pd.DataFrame(correlation).set_index(["score", "impact", "method", "layer"])
+        summary = xr.Dataset.from_dataframe(frame)
+        out = out.merge(summary.rename({c: f"correlation_{c}" for c in summary.data_vars}))
+    out["length"] = ds["length"]
+    out.attrs.update({k: ds.attrs[k] for k in ("model", "source") if k in ds.attrs})
+    out.attrs["analysis"] = "attnkit analyze"
+    return out
+
+
+def _figures(ds, stats, scores, correlation, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    lengths = ds["length"].values
+    # A short sample reads best in the per-token figures.
+    candidates = np.flatnonzero((lengths >= 6) & (lengths <= 14))
+    sample = int(candidates[0]) if candidates.size else int(np.argmin(lengths))
+    length = int(lengths[sample])
+    tokens = [str(t) for t in ds["token"].values[sample, :length]] if "token" in ds.variables \
+        else None
+    made = []
+
+    def save(fig, name):
+        path = folder / name
+        plot.save_figure(fig, path)
+        plt.close(fig)
+        made.append(path)
+
+    save(plot.head_grid(ds, sample=sample), "head_grid.png")
+    save(plot.head_stats_plot(stats), "head_stats.png")
+    save(plot.special_token_plot(stats), "special_tokens.png")
+    import attnkit as ak
+
+    one = ds.isel(sample=[sample])
+    save(plot.rollout_map(ak.rollout(one).values[0, :length, :length], tokens,
+                          title=f"Rollout, sample {sample}").figure, "rollout.png")
+    save(plot.flow_map(ak.attention_flow(one).values[0, :length, :length], tokens,
+                       title=f"Attention flow, sample {sample}").figure, "flow.png")
+    if correlation:
+        for method in sorted({row["method"] for row in correlation}):
+            rows = [r for r in correlation if r["method"] == method]
+            save(plot.correlation_plot(rows, method=method), f"correlation_{method}.png")
+    return made
+
+
+def _markdown(tables, seconds, ds, quick) -> str:
+    def table(rows):
+        if not rows:
+            return "(none)\n"
+        cols = list(rows[0])
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in rows:
+            lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])
+                                           for c in cols) + " |")
+        return "\n".join(lines) + "\n"
+
+    parts = [f"# attnkit analyze: {ds.attrs.get('model', '') or 'attention dataset'}\n",
+             f"{ds.sizes['sample']} samples{' (quick run)' if quick else ''}, "
+             f"{ds.sizes['layer']} layers x {ds.sizes['head']} heads, "
+             f"lengths {int(ds['length'].min())}..{int(ds['length'].max())}.\n",
+             "## Head statistics per layer (means over samples and heads)\n", table(tables["layers"])]
+    if tables.get("correlation"):
+        parts += ["## Attention scores vs leave-one-out impact (mean over samples, 95% bootstrap CI)\n",
+                  table(tables["correlation"])]
+    if tables.get("paired"):
+        parts += ["## Rollout minus raw attention (paired, same samples)\n", table(tables["paired"])]
+    if tables.get("equivariance"):
+        parts += ["## Permutation equivariance checks\n", table(tables["equivariance"])]
+    parts += ["## Time per step (s)\n", table([{"step": k, "seconds": v} for k, v in seconds.items()])]
+    return "\n".join(parts)
+
+
+def analyze(data, output_dir=None, *, quick: bool = False, scores=("raw", "rollout", "flow", "grad"),
+            methods=("spearman", "kendall"), residual: float = 0.5, n_boot: int = 1000,
+            seed: int = 0, equivariance: bool = True, figures: bool = True, progress=None):
+    """Run the whole analysis of an attention dataset.
+
+    Parameters
+    ----------
+    data : xarray.Dataset or path
+        A schema-1 attention dataset (``impact`` enables the correlations,
+        ``gradient`` the gradient score).
+    output_dir : path, optional
+        Folder for ``analysis.nc``, ``report.md`` and the figures (created).
+        Nothing is written when None.
+    quick : bool
+        Smoke run: the first :data:`QUICK_SAMPLES` samples, 200 bootstrap
+        resamples, quick equivariance checks.
+    scores : sequence of {"raw", "rollout", "flow", "grad"}
+        [CLS] scores to correlate with impact ("grad" only with gradients).
+    methods : sequence of {"spearman", "kendall", "pearson"}
+    residual : float
+        Residual weight of rollout and flow.
+    n_boot, seed : int
+        Bootstrap resamples and seed of the confidence intervals.
+    equivariance, figures : bool
+        Run the built-in equivariance checks; draw the figures.
+    progress : callable, optional
+        Called with a line of text as each step starts.
+
+    Returns
+    -------
+    AnalysisResult
+
+    Examples
+    --------
+    >>> import attnkit as ak
+    >>> from attnkit.analysis import analyze
+    >>> ds = ak.open_dataset("datasets/synthetic/planted.nc")
+    >>> res = analyze(ds, quick=True, equivariance=False, figures=False)
+    >>> [row["layer"] for row in res.tables["layers"]]
+    [0, 1, 2, 3]
+    """
+    import attnkit as ak
+
+    ds = ak.open_dataset(data) if isinstance(data, (str, Path)) else data
+    unknown = set(scores) - set(ak.SCORE_KINDS)
+    if unknown:
+        raise errors.value_error("scores", f"a subset of {ak.SCORE_KINDS}", sorted(unknown),
+                                 "drop the unknown names")
+    if quick:
+        ds = ds.isel(sample=slice(0, QUICK_SAMPLES))
+        n_boot = min(n_boot, 200)
+    ds = ds.load()
+    kinds = [k for k in scores if k != "grad" or "gradient" in ds.variables]
+    has_impact = "impact" in ds.variables
+    total = 3 + int(has_impact) + int(equivariance) + int(figures) + int(output_dir is not None)
+    steps = _Steps(progress, total)
+    steps.run("validate", ak.validate, ds)
+    stats = steps.run("head statistics", ak.head_stats, ds)
+    score_arrays = steps.run(f"scores ({', '.join(kinds)})", _scores, ds, kinds, residual)
+    tables = {"layers": _layer_table(stats)}
+    correlation = []
+    if has_impact:
+        correlation, paired = steps.run("correlation with impact", _correlations, ds,
+                                        score_arrays, methods, n_boot, seed)
+        tables["correlation"] = correlation
+        tables["paired"] = paired
+    if equivariance:
+        tables["equivariance"] = steps.run("equivariance checks", _equivariance, quick, seed)
+    results = _results_dataset(ds, stats, score_arrays, correlation)
+    result = AnalysisResult(results, tables, [], steps.seconds)
+    if output_dir is not None:
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        if figures:
+            result.files += steps.run("figures", _figures, ds, stats, score_arrays, correlation,
+                                      folder)
+        from ._files import atomic_file
+        from .data import write_atomic
+
+        def write():
+            write_atomic(results, folder / "analysis.nc")
+            with atomic_file(folder / "report.md") as tmp, open(tmp, "w") as fh:
+                fh.write(_markdown(tables, steps.seconds, ds, quick))
+            return [folder / "analysis.nc", folder / "report.md"]
+
+        result.files += steps.run("write results", write)
+    return result

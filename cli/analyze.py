@@ -1,0 +1,94 @@
+"""``attnkit analyze``: the main job, from an attention dataset to a report folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._common import UserError, emit, user_errors
+
+#: The shipped real dataset (run from the repository root).
+DEFAULT_DATASET = Path("datasets") / "minilm" / "minilm.nc"
+
+
+def _print_tables(tables: dict, fmt: str) -> None:
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(tables, indent=2, default=float))
+        return
+    click.echo("\nhead statistics per layer (means over samples and heads)")
+    emit(tables["layers"], fmt)
+    correlation = tables.get("correlation") or []
+    for method in sorted({r["method"] for r in correlation}):
+        for impact in sorted({r["impact"] for r in correlation}):
+            rows = [r for r in correlation if r["method"] == method and r["impact"] == impact]
+            layers = sorted({r["layer"] for r in rows})
+            table = []
+            for layer in layers:
+                row = {"layer": layer}
+                for r in rows:
+                    if r["layer"] == layer:
+                        row[r["score"]] = (f"{r['statistic']:+.2f} [{r['ci_low']:+.2f},"
+                                           f"{r['ci_high']:+.2f}] {r['significant_fraction']:.0%}")
+                table.append(row)
+            click.echo(f"\n{method} correlation with {impact} impact "
+                       "(mean [95% CI] fraction significant)")
+            emit(table, fmt)
+    if tables.get("equivariance"):
+        click.echo("\npermutation equivariance checks")
+        emit(tables["equivariance"], fmt)
+
+
+@click.command()
+@click.argument("file", type=click.Path(), default=str(DEFAULT_DATASET), required=False)
+@click.option("-o", "--output", type=click.Path(file_okay=False), default="out/analysis",
+              show_default=True, help="Folder for analysis.nc, report.md and the figures.")
+@click.option("--quick", is_flag=True, help="Smoke run on the first few samples.")
+@click.option("--score", "scores", multiple=True,
+              type=click.Choice(["raw", "rollout", "flow", "grad"]),
+              help="Scores to correlate with impact (repeatable; default all available).")
+@click.option("--method", "methods", multiple=True,
+              type=click.Choice(["spearman", "kendall", "pearson"]),
+              help="Correlation methods (repeatable; default spearman and kendall).")
+@click.option("--no-equivariance", is_flag=True, help="Skip the equivariance checks.")
+@click.option("--no-figures", is_flag=True, help="Skip the figures.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="How to print the tables.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@user_errors
+def analyze(file, output, quick, scores, methods, no_equivariance, no_figures, seed, fmt, quiet):
+    """Analyse an attention dataset: statistics, rollout, flow, equivariance, correlations.
+
+    FILE defaults to the shipped MiniLM dataset. Prints per-layer tables and
+    writes analysis.nc, report.md and PNG figures into the output folder.
+
+    \b
+    Example:
+      attnkit analyze                       # the shipped MiniLM dataset -> out/analysis/
+      attnkit analyze my_attention.nc -o out/mine --quick
+    """
+    from attnkit.analysis import analyze as run_analysis
+
+    if not Path(file).exists():
+        hint = ("run it from the repository root, or pass a dataset path"
+                if Path(file) == DEFAULT_DATASET else "check the path")
+        raise UserError(f"{file}: expected an attention dataset (.nc or .zarr), got no such file. "
+                        f"Fix: {hint}")
+
+    def progress(line):
+        if not quiet:
+            click.echo(line, err=True)
+
+    result = run_analysis(
+        file, output, quick=quick, scores=scores or ("raw", "rollout", "flow", "grad"),
+        methods=methods or ("spearman", "kendall"), seed=seed,
+        equivariance=not no_equivariance, figures=not no_figures, progress=progress)
+    if quiet:
+        return
+    _print_tables(result.tables, fmt)
+    if fmt == "table":
+        total = sum(result.seconds.values())
+        click.echo(f"\nwrote {len(result.files)} files to {output} in {total:.1f} s")

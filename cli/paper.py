@@ -1,0 +1,37 @@
+"""``attnkit paper``: regenerate the paper's figures and tables."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from ._common import user_errors
+
+
+@click.command()
+@click.option("--root", type=click.Path(file_okay=False, exists=True), default=".",
+              show_default=True, help="Repository root (holds paper/ and datasets/).")
+@click.option("--quick", is_flag=True, help="A few samples only (a smoke run; not the paper's numbers).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@user_errors
+def paper(root, quick, quiet):
+    """Regenerate every figure and table of paper/paper.md.
+
+    Runs the main analysis on the shipped MiniLM dataset and draws the
+    performance figures from the stored benchmark results (paper/results/*.json).
+    Deterministic (fixed seeds).
+
+    \b
+    Example:
+      attnkit paper            # same as: make paper
+    """
+    from attnkit._paper import build_paper
+
+    start = time.perf_counter()
+    written = build_paper(root, quick=quick,
+                          progress=None if quiet else (lambda line: click.echo(line, err=True)))
+    if not quiet:
+        for path in written:
+            click.echo(f"wrote {path}")
+        click.echo(f"{len(written)} files in {time.perf_counter() - start:.1f} s")
