@@ -9,6 +9,7 @@ chunked and distributed datasets work without code changes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +142,46 @@ def check_core_dims(da, dims, name: str) -> None:
                                  f"rename the dims, e.g. da.rename(...) to {dims}")
 
 
+_SAMPLE_IN_MESSAGE = re.compile(r"at sample \((\d+),\)")
+
+
+def renumber_samples(exc: Exception, sample_ids) -> Exception:
+    """``exc`` with "at sample (i,)" naming the sample's number in the whole
+    dataset, not its index in the chunk or block the kernel was given.
+
+    Examples
+    --------
+    >>> str(renumber_samples(ValueError("attn: got nan at sample (1,), layer 0"), [7, 8, 9]))
+    'attn: got nan at sample (8,), layer 0'
+    """
+    match = _SAMPLE_IN_MESSAGE.search(str(exc))
+    if match is None or sample_ids is None or int(match.group(1)) >= len(sample_ids):
+        return exc
+    message = str(exc)
+    number = int(np.asarray(sample_ids)[int(match.group(1))])
+    renamed = type(exc)(message[: match.start()] + f"at sample ({number},)" + message[match.end():])
+    return renamed.with_traceback(exc.__traceback__)
+
+
+def _sample_ids(attn):
+    """Sample numbers of ``attn`` (its integer ``sample`` coordinate, else 0..S-1),
+    chunked like it, when ``sample`` is its only batch dim; else None."""
+    import xarray as xr
+
+    batch = [d for d in attn.dims if d not in ATTENTION_CORE_DIMS]
+    if batch != ["sample"]:
+        return None
+    if "sample" in attn.coords and attn["sample"].dtype.kind in "iu":
+        ids = xr.DataArray(np.asarray(attn["sample"].values), dims="sample")
+    else:
+        ids = xr.DataArray(np.arange(attn.sizes["sample"]), dims="sample")
+    if "sample" in attn.coords:
+        ids = ids.assign_coords(sample=attn["sample"].values)
+    if attn.chunks is not None:
+        ids = ids.chunk({"sample": attn.chunksizes["sample"]})
+    return ids
+
+
 def apply_to_xarray(func, obj, *, lengths=None, output_core_dims=(("query", "key"),),
                     output_dtypes=(np.float64,), output_sizes=None, name: str = "attn",
                     extra=(), extra_core_dims=()):
@@ -161,16 +202,24 @@ def apply_to_xarray(func, obj, *, lengths=None, output_core_dims=(("query", "key
         batch = [d for d in attn.dims if d not in ATTENTION_CORE_DIMS]
         lengths = xr.DataArray(np.asarray(lengths), dims=batch[: np.ndim(lengths)])
 
+    ids = _sample_ids(attn)
+    if ids is None:
+        ids = xr.DataArray(-1)  # no sample axis: nothing to renumber
+
     def call(a, *rest):
-        *others, lens = rest
-        return func(a, *others, lengths=lens)
+        *others, sample_ids, lens = rest
+        try:
+            return func(a, *others, lengths=lens)
+        except ValueError as exc:
+            raise renumber_samples(exc, None if np.ndim(sample_ids) == 0 else
+                                   np.asarray(sample_ids).reshape(-1)) from None
 
     gufunc_kwargs = {"allow_rechunk": True}
     if output_sizes:
         gufunc_kwargs["output_sizes"] = dict(output_sizes)
     return xr.apply_ufunc(
-        call, attn, *extra, lengths,
-        input_core_dims=[list(ATTENTION_CORE_DIMS)] + [list(d) for d in extra_core_dims] + [[]],
+        call, attn, *extra, ids, lengths,
+        input_core_dims=[list(ATTENTION_CORE_DIMS)] + [list(d) for d in extra_core_dims] + [[], []],
         output_core_dims=[list(d) for d in output_core_dims],
         dask="parallelized",
         output_dtypes=list(output_dtypes),

@@ -611,6 +611,48 @@ def _remove(path: str) -> None:
             pass
 
 
+def _wait_for_zarr_writes(timeout: float = 60.0) -> None:
+    """Let zarr's in-flight chunk writes finish after a failed or interrupted write.
+
+    zarr 3 writes chunks from its own event-loop thread. When the calling
+    thread stops early (an exception, or Ctrl-C), that thread goes on writing
+    the rest of the array into the temporary store, and would re-create it
+    after it is removed. Waiting (not cancelling: other threads may be using
+    zarr's loop) lets the temporary store be removed for good.
+    """
+    try:
+        from zarr.core import sync as zarr_sync
+    except ImportError:  # zarr 2 writes synchronously
+        return
+    loop = zarr_sync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def others_done():
+        import asyncio
+
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    import asyncio
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout + 1)
+
+
+def _remove_store(path: str) -> None:
+    """Remove a temporary zarr store once no write can bring it back."""
+    import time
+
+    _wait_for_zarr_writes()
+    for _ in range(20):  # a chunk already handed to a worker thread may still land
+        _remove(path)
+        time.sleep(0.01)
+        if not os.path.lexists(path):
+            return
+
+
 def save_dataset(ds, path, *, format: str | None = None) -> None:
     """Validate ``ds`` and write it atomically to netCDF4 (``.nc``) or zarr (``.zarr``).
 
@@ -689,7 +731,7 @@ def write_atomic(ds, path, *, format: str | None = None) -> None:
                 aside = None
             raise
     except BaseException:
-        _remove(tmp)
+        _remove_store(tmp)
         raise
     if aside is not None:
         _remove(aside)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ._common import UserError
 
@@ -126,9 +127,14 @@ def run_blocks(fn, ds, *, client, chunk, quiet, label):
     size = block_size(n, chunk)
     parts = []
     show = not quiet and n > size
+    # A temporary sample coordinate makes errors name a sample's number in the
+    # file (attnkit reads it), not its index inside the block.
+    numbered = "sample" not in ds.coords
+    source = ds.assign_coords(sample=np.arange(n)) if numbered else ds
     with click.progressbar(length=n, label=label, file=sys.stderr, hidden=not show) as bar:
         for start in range(0, n, size):
-            parts.append(fn(ds.isel(sample=slice(start, start + size))))
+            part = fn(source.isel(sample=slice(start, start + size)))
+            parts.append(part.drop_vars("sample", errors="ignore") if numbered else part)
             bar.update(min(size, n - start))
     return xr.concat(parts, dim="sample") if len(parts) > 1 else parts[0]
 

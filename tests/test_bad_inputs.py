@@ -413,6 +413,9 @@ CASES = [
     # --- rollout / grad_rollout / head_stats / flow --------------------------------------
     ("rollout-nan", lambda c: ak.rollout(with_value(c.attn, (1, 0, 1, 2, 3), np.nan)),
      Raises(ValueError, "attn:", r"got nan at sample \(1,\), layer 0, head 1, query 2, key 3")),
+    ("head-stats-nan-in-chunked-dataset", lambda c: ak.head_stats(modified(
+        c.ds, lambda d: set_attn(d, (2, 1, 0, 3, 4), np.nan)).chunk({"sample": 1})).compute(),
+     Raises(ValueError, "attn:", r"got nan at sample \(2,\), layer 1, head 0, query 3, key 4")),
     ("head-stats-inf", lambda c: ak.head_stats(with_value(c.attn, (0, 1, 0, 0, 0), np.inf)),
      Raises(ValueError, "attn:", r"got inf")),
     ("flow-negative", lambda c: ak.attention_flow(with_value(c.attn, (2, 0, 0, 1, 1), -0.1)),
