@@ -48,24 +48,68 @@ class Problem:
     n_heads: int
     score_mod: object  # numba dispatcher or None
     out_dtype: np.dtype
+    # target "cuda": q/k/v are (B, H, rows, cols) in their own dtypes (host
+    # arrays, or device views when ``device``); see attnkit.kernels.cuda.api.
+    target: str = "cpu"
+    device: bool = False
 
     @property
     def n_problems(self) -> int:
         return int(self.q_map.shape[0])
 
 
+def is_device_array(x) -> bool:
+    """A GPU array: CUDA Array Interface (CuPy, PyTorch, Numba) or a simulator array."""
+    if isinstance(x, np.ndarray):
+        return False
+    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
+
+
+def gpu_array_error(name: str, x, reason: str, fix: str) -> errors.BackendUnavailableError:
+    """The error for a GPU array that cannot be used where it was passed."""
+    return errors.BackendUnavailableError(
+        f"{name}: got a GPU array ({type(x).__name__}), but {reason}. Fix: {fix}."
+    )
+
+
+def _host_fix(name: str) -> str:
+    return (f"copy it to the host first, e.g. {name}.copy_to_host(), {name}.cpu().numpy() "
+            f"or cupy.asnumpy({name})")
+
+
 def _as_float_array(name: str, x) -> np.ndarray:
-    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
-        raise errors.BackendUnavailableError(
-            f"{name}: got a GPU array ({type(x).__name__}), but the CUDA backend is not "
-            "available in this version. Fix: copy it to the host first, e.g. "
-            f"{name}.copy_to_host() or np.asarray({name}.get())."
-        )
+    """``x`` as a host float array (GPU arrays are refused: this path runs on the CPU)."""
+    if is_device_array(x):
+        raise gpu_array_error(name, x, "this function computes on the CPU", _host_fix(name))
     arr = np.asarray(x)
     kind = arr.dtype.kind
     if kind != "f" and arr.dtype.name != "bfloat16":
         raise errors.dtype_error(name, arr.dtype)
     return arr
+
+
+_DEVICE_FLOATS = ("float16", "float32", "float64")
+
+
+def _as_cuda_input(name: str, x):
+    """Host float array, or a zero-copy Numba view of a GPU float array."""
+    if not is_device_array(x):
+        return _as_float_array(name, x)
+    from .kernels.cuda import runtime
+
+    try:
+        dev = runtime.as_device(x)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise TypeError(
+            f"{name}: expected a float16, float32 or float64 GPU array, got "
+            f"{type(x).__name__} that Numba cannot view ({exc}). Fix: cast it on the device, "
+            f"e.g. {name}.float()."
+        ) from None
+    if dev.dtype.name not in _DEVICE_FLOATS:
+        raise errors.dtype_error(
+            name, dev.dtype, f"cast it on the device, e.g. {name}.float() or {name}.astype('float32')"
+        )
+    return dev
 
 
 def _compute_dtype(*arrays: np.ndarray) -> tuple[np.dtype, np.dtype]:
@@ -78,9 +122,16 @@ def _compute_dtype(*arrays: np.ndarray) -> tuple[np.dtype, np.dtype]:
     return np.dtype(np.float32), np.dtype(np.float32)
 
 
-def _check_finite(name: str, arr: np.ndarray) -> None:
-    if not np.isfinite(arr).all():
+def _check_finite(name: str, arr) -> None:
+    if is_device_array(arr):
+        from .kernels.cuda import runtime
+
+        bad = runtime.count_nonfinite(runtime.view4d(name, arr))
+    elif np.isfinite(arr).all():
+        return
+    else:
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
         raise ValueError(
             f"{name}: expected finite values, got {bad} NaN/inf entries. Fix: clean the "
             "input, use q_lengths/kv_lengths or a mask for padding, or pass "
@@ -193,14 +244,21 @@ def _njit_once(fn):
 
 def prepare(
     q, k, v=None, *, scale=None, causal=False, mask=None, score_mod=None,
-    q_lengths=None, kv_lengths=None, check_finite=True,
+    q_lengths=None, kv_lengths=None, check_finite=True, target="cpu",
 ) -> Problem:
-    """Validate attention arguments and return the kernels' :class:`Problem`."""
-    q = _as_float_array("q", q)
-    k = _as_float_array("k", k)
+    """Validate attention arguments and return the kernels' :class:`Problem`.
+
+    ``target="cpu"`` flattens q/k/v to ``(problems, rows, cols)`` host arrays
+    in the compute dtype; ``target="cuda"`` accepts GPU arrays too and keeps
+    every array in its own dtype as a ``(B, H, rows, cols)`` view (host
+    bfloat16 becomes float32, which the GPU kernels read).
+    """
+    as_input = _as_cuda_input if target == "cuda" else _as_float_array
+    q = as_input("q", q)
+    k = as_input("k", k)
     arrays = [q, k]
     if v is not None:
-        v = _as_float_array("v", v)
+        v = as_input("v", v)
         arrays.append(v)
     for name, arr in zip("qkv", arrays):
         if arr.ndim < 2:
@@ -255,18 +313,35 @@ def prepare(
     else:
         ops, aux = effective.program(n, m)
 
-    def flat(x, rows, cols):
+    def flat(x, rows, cols, name):
         # An explicit problem count: reshape(-1, ...) is ambiguous for empty arrays.
         problems = math.prod(x.shape[:-2])
         return np.ascontiguousarray(x.reshape((problems, rows, cols)), dtype=compute)
 
+    reshape = flat
+    device = any(is_device_array(a) for a in arrays)
+    if target == "cuda":
+        reshape = _four_d
     return Problem(
-        q=flat(q, n, d),
-        k=flat(k, m, d),
-        v=None if v is None else flat(v, m, v.shape[-1]),
+        q=reshape(q, n, d, name="q"),
+        k=reshape(k, m, d, name="k"),
+        v=None if v is None else reshape(v, m, v.shape[-1], name="v"),
         q_map=q_map, kv_map=kv_map, q_len=q_len, kv_len=kv_len,
         batch_shape=tuple(batch), n=n, m=m, scale=float(scale), ops=ops, aux=aux,
         n_heads=int(batch[-1]) if batch else 1,
         score_mod=_jit_score_mod(score_mod, int(batch[-1]) if batch else 1),
-        out_dtype=out_dtype,
+        out_dtype=out_dtype, target=target, device=device,
     )
+
+
+def _four_d(x, rows, cols, name):
+    """(B, H, rows, cols) view for the CUDA kernels: H is the last batch dim, B the rest."""
+    if is_device_array(x):
+        from .kernels.cuda import runtime
+
+        return runtime.view4d(name, x)
+    lead = x.shape[:-2]
+    heads = lead[-1] if lead else 1
+    outer = math.prod(lead[:-1]) if lead else 1
+    dtype = np.float32 if x.dtype.name == "bfloat16" else x.dtype
+    return np.ascontiguousarray(x, dtype=dtype).reshape((outer, heads, rows, cols))

@@ -12,10 +12,13 @@ pick a backend and call a kernel; the kernels hold the numerics.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 
 from . import errors
-from ._prepare import Problem, check_weights_budget, prepare
+from ._prepare import Problem, check_weights_budget, gpu_array_error, is_device_array, prepare
 from .options import get_options
 
 __all__ = ["attention", "attention_weights", "attention_stats", "STAT_NAMES"]
@@ -31,17 +34,67 @@ CPU_BLOCK_K = 256
 _BACKENDS = ("auto", "cpu", "cuda")
 
 
-def _choose_backend(backend: str) -> str:
+@functools.lru_cache(maxsize=1)
+def _cuda_status() -> tuple[bool, bool, str]:
+    """(kernels can run, a real GPU is present, why not), computed once per process.
+
+    The simulator (``NUMBA_ENABLE_CUDASIM=1``) can run kernels but is never a
+    real GPU. Numba's CUDA package is imported only when a driver may exist.
+    """
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        return False, False, "numba-cuda is not installed"
+    if sys.platform.startswith("linux") and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0") \
+            and not any(os.path.exists(p) for p in
+                        ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/proc/driver/nvidia")):
+        return False, False, "no NVIDIA driver was found (no /dev/nvidia* device)"
+    try:
+        from .kernels.cuda import runtime
+    except Exception as exc:  # a broken CUDA install must not break the CPU backend
+        return False, False, f"numba.cuda failed to import ({exc})"
+    ok, reason = runtime.usable()
+    return ok, ok and not runtime.SIMULATOR, reason
+
+
+def _choose_backend(backend: str, **arrays) -> str:
+    """"cpu" or "cuda" for ``backend``; GPU ``arrays`` (by argument name) force "cuda".
+
+    ``ATTNKIT_AUTO_BACKEND=cpu`` in the environment keeps "auto" on the CPU for
+    host arrays even where a GPU is present (e.g. CPU-focused test runs).
+    """
     if backend not in _BACKENDS:
         raise errors.value_error(
             "backend", "one of 'auto', 'cpu', 'cuda'", repr(backend), "pick one of those"
         )
-    if backend == "cuda":
-        raise errors.BackendUnavailableError(
-            "backend='cuda': the CUDA kernels are not available in this version. "
-            "Fix: use backend='cpu' (or 'auto')."
+    on_gpu = [(name, x) for name, x in arrays.items() if is_device_array(x)]
+    if backend == "cpu":
+        if on_gpu:
+            name, x = on_gpu[0]
+            raise gpu_array_error(name, x, "backend='cpu' computes on the host",
+                                  f"use backend='cuda' (or 'auto'), or copy {name} to the host")
+        return "cpu"
+    if backend == "cuda" or on_gpu:
+        usable, _, reason = _cuda_status()
+        if usable:
+            return "cuda"
+        if backend == "cuda":
+            raise errors.BackendUnavailableError(
+                f"backend='cuda': the CUDA kernels cannot run here: {reason}. Fix: use "
+                "backend='cpu' (or 'auto'), or run on a machine with an NVIDIA GPU and driver, "
+                "with the GPU extra installed (pip install 'attnkit[gpu]')."
+            )
+        name, x = on_gpu[0]
+        raise gpu_array_error(
+            name, x, f"the CUDA backend cannot run here ({reason})",
+            f"copy it to the host first, e.g. {name}.copy_to_host(), {name}.cpu().numpy() or "
+            f"cupy.asnumpy({name}), and use backend='cpu'",
         )
-    return "cpu"
+    preferred = os.environ.get("ATTNKIT_AUTO_BACKEND", "").strip().lower()
+    if preferred == "cpu":
+        return "cpu"
+    return "cuda" if _cuda_status()[1] else "cpu"
 
 
 class _CpuKernels:
@@ -111,15 +164,19 @@ def attention(
     return_lse : bool
         Also return the log-sum-exp of each query's scores.
     backend : {"auto", "cpu", "cuda"}
-        Where to compute; "auto" picks the CPU in this version.
+        Where to compute. "cuda" runs the Numba CUDA kernels (see docs/gpu.md);
+        "auto" picks them for GPU inputs or when a GPU is present, else the CPU.
+        GPU inputs (numba device arrays, or anything with
+        ``__cuda_array_interface__``: CuPy, PyTorch) are read in place and the
+        results returned as numba device arrays.
     check_finite : bool
         Reject NaN/inf inputs (default True, like SciPy).
 
     Returns
     -------
     out : ndarray, shape (..., n, dv)
-        Attention output, in the inputs' dtype (float16 stays float16). A query
-        whose every key is masked gets 0.
+        Attention output, in the inputs' dtype (float16 stays float16), on the
+        device for GPU inputs. A query whose every key is masked gets 0.
     lse : ndarray, shape (..., n)
         Only with ``return_lse``: log-sum-exp per query (``-inf`` if fully
         masked), float32, or float64 for float64 inputs.
@@ -135,13 +192,17 @@ def attention(
     >>> bool(np.allclose(out[:, 0], v[:, 0]))   # the first query sees only key 0
     True
     """
-    _choose_backend(backend)
+    target = _choose_backend(backend, q=q, k=k, v=v)
     if v is None:
         raise TypeError("v: expected an array of values (..., m, dv), got None.")
     p = prepare(
         q, k, v, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
-        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite,
+        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite, target=target,
     )
+    if target == "cuda":
+        from .kernels.cuda import api
+
+        return api.attention(p, return_lse)
     dv = p.v.shape[2]
     out = np.empty((p.n_problems, p.n, dv), dtype=p.q.dtype)
     lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
@@ -193,17 +254,22 @@ def attention_weights(
     >>> w.shape, bool(np.allclose(w.sum(-1), 1.0))
     ((4, 6), True)
     """
-    _choose_backend(backend)
+    target = _choose_backend(backend, q=q, k=k)
     p = prepare(
         q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
-        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite,
+        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite, target=target,
     )
+    compute = np.dtype(np.float64 if p.out_dtype == np.float64 else np.float32)
     check_weights_budget(
-        "attention_weights", p.batch_shape + (p.n, p.m), p.q.dtype,
+        "attention_weights", p.batch_shape + (p.n, p.m), compute,
         get_options()["weights_max_bytes"] if max_bytes is None else int(max_bytes),
         "use attnkit.attention_stats for entropy, received attention, max/top-k and "
         "distance in O(n + m) memory, or pass max_bytes=...",
     )
+    if target == "cuda":
+        from .kernels.cuda import api
+
+        return api.weights(p)
     kern = _CpuKernels(p)
     lse = _lse(p, kern)
     out = np.zeros((p.n_problems, p.n, p.m), dtype=p.q.dtype)
@@ -273,12 +339,16 @@ def attention_stats(
     >>> bool(np.allclose(st["received"].sum(-1), 7))   # each query hands out 1
     True
     """
-    _choose_backend(backend)
+    target = _choose_backend(backend, q=q, k=k)
     stats, topk = _check_stats(stats, topk)
     p = prepare(
         q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
-        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite,
+        q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite, target=target,
     )
+    if target == "cuda":
+        from .kernels.cuda import api
+
+        return api.stats(p, stats, topk)
     kern = _CpuKernels(p)
     lse = _lse(p, kern).astype(np.float64)
     z, n, m = p.n_problems, p.n, p.m

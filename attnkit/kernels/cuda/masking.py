@@ -1,0 +1,143 @@
+"""Mask programs (:meth:`attnkit.masks.Mask.program`) for the CUDA kernels.
+
+The same opcodes and answers as :mod:`attnkit.kernels.cpu.masking`:
+
+* :func:`tile_table` (host): the state of every ``block_q x block_k`` tile,
+  EMPTY (skipped), FULL (no per-element test) or PARTIAL, computed with the
+  CPU backend's own Kleene-logic ``tile_state``, so both backends skip the
+  same tiles by construction. Kernels read one byte per tile instead of
+  running the classifier (which also keeps their compile time down).
+* :func:`allows` (device): may query ``qi`` attend to key ``kj``? The postfix
+  program runs on a bit stack held in one integer register (the expression
+  depth is at most ``attnkit.masks.MAX_STACK_DEPTH = 16``).
+* :func:`band_bounds` (device): the allowed key interval of a row when the
+  mask is an AND of causal/local terms (:func:`is_band`), the common case.
+
+Device functions are inlined into the kernels at the Numba IR level
+(``inline="always"``), which also lets ``cuda.compile_ptx`` build every
+kernel without a GPU.
+"""
+
+import numpy as np
+from numba import cuda, njit, prange
+
+from ..cpu.masking import tile_state as _cpu_tile_state
+
+# Opcodes: keep in sync with attnkit/masks.py.
+OP_ALL = 0
+OP_CAUSAL = 1
+OP_LOCAL = 2
+OP_STRIDED = 3
+OP_GLOBAL = 4
+OP_BLOCK = 5
+OP_AND = 6
+OP_OR = 7
+OP_NOT = 8
+
+EMPTY = 0
+PARTIAL = 1
+FULL = 2
+
+#: Kernel variants by mask: no mask, band (causal/local ANDs), anything else.
+MASK_NONE = 0
+MASK_BAND = 1
+MASK_GENERAL = 2
+
+_BAND_OPS = (OP_ALL, OP_CAUSAL, OP_LOCAL, OP_AND)
+
+
+def is_band(ops) -> bool:
+    """True when every op is all/causal/local/and: each row allows one key interval."""
+    return all(int(op) in _BAND_OPS for op in ops[:, 0])
+
+
+@njit(parallel=True, cache=True)
+def _fill_tiles(ops, aux, n, m, block_q, block_k, out):
+    n_qt, n_kt = out.shape
+    for qt in prange(n_qt):
+        q0 = qt * block_q
+        q1 = min(q0 + block_q, n)
+        for kt in range(n_kt):
+            k0 = kt * block_k
+            out[qt, kt] = _cpu_tile_state(ops, aux, q0, q1, k0, min(k0 + block_k, m))
+
+
+def tile_table(ops, aux, n: int, m: int, block_q: int, block_k: int) -> np.ndarray:
+    """int8 (ceil(n / block_q), ceil(m / block_k)): EMPTY, PARTIAL or FULL per tile.
+
+    Tiles are classified over the whole ``n x m`` problem; padding (the
+    lengths) is handled by the kernels' loop bounds and per-element checks,
+    so a tile that is EMPTY only because of padding may be computed and
+    then masked, never the reverse.
+    """
+    out = np.empty((max(-(-n // block_q), 1), max(-(-m // block_k), 1)), dtype=np.int8)
+    if n and m and ops.shape[0]:
+        _fill_tiles(ops, aux, n, m, block_q, block_k, out)
+    else:
+        out[:] = FULL
+    return out
+
+
+def mask_kind(ops) -> int:
+    """MASK_NONE, MASK_BAND or MASK_GENERAL for a compiled program (host side)."""
+    if ops.shape[0] == 0:
+        return MASK_NONE
+    return MASK_BAND if is_band(ops) else MASK_GENERAL
+
+
+@cuda.jit(device=True, inline="always")
+def _leaf_allows(op, a, b, c, d, aux, qi, kj):
+    if op == OP_ALL:
+        return True
+    if op == OP_CAUSAL:
+        return kj <= qi + a
+    if op == OP_LOCAL:
+        return abs(qi - kj) < a
+    if op == OP_STRIDED:
+        return (qi - kj) % a == 0
+    if op == OP_GLOBAL:
+        return (qi < c and aux[a + qi] != 0) or (kj < c and aux[a + kj] != 0)
+    if op == OP_BLOCK:
+        r = qi // a
+        s = kj // a
+        if r >= c or s >= d:
+            return False
+        return aux[b + r * d + s] != 0
+    return False
+
+
+@cuda.jit(device=True, inline="always")
+def allows(ops, aux, qi, kj):
+    """Evaluate the mask program at one (query, key) pair (a bit stack in one int)."""
+    stack = 0
+    for t in range(ops.shape[0]):
+        op = ops[t, 0]
+        if op == OP_AND or op == OP_OR:
+            top = stack & 1
+            stack >>= 1
+            below = stack & 1
+            both = (top & below) if op == OP_AND else (top | below)
+            stack = (stack & ~1) | both
+        elif op == OP_NOT:
+            stack ^= 1
+        else:
+            bit = 1 if _leaf_allows(op, ops[t, 1], ops[t, 2], ops[t, 3], ops[t, 4], aux, qi, kj) \
+                else 0
+            stack = (stack << 1) | bit
+    return ops.shape[0] == 0 or (stack & 1) != 0
+
+
+@cuda.jit(device=True, inline="always")
+def band_bounds(ops, qi):
+    """Allowed keys ``[lo, hi)`` of row ``qi`` for a band mask (see :func:`is_band`)."""
+    lo = -(1 << 62)
+    hi = 1 << 62
+    for t in range(ops.shape[0]):
+        op = ops[t, 0]
+        a = ops[t, 1]
+        if op == OP_CAUSAL:
+            hi = min(hi, qi + a + 1)
+        elif op == OP_LOCAL:
+            lo = max(lo, qi - a + 1)
+            hi = min(hi, qi + a)
+    return lo, hi

@@ -1,0 +1,50 @@
+"""Backend choice when the simulator is on: "auto" never picks it for host arrays."""
+
+import numpy as np
+import pytest
+from numba import cuda
+
+import attnkit as ak
+from attnkit.attention import _choose_backend, _cuda_status
+
+
+def test_auto_never_selects_the_simulator_for_host_arrays():
+    q = np.ones((2, 3))
+    usable, real_gpu, _ = _cuda_status()
+    assert usable and not real_gpu
+    assert _choose_backend("auto", q=q, k=q, v=q) == "cpu"
+    assert _choose_backend("cuda", q=q, k=q, v=q) == "cuda"
+
+
+def test_auto_follows_device_arrays():
+    q = cuda.to_device(np.ones((2, 3), np.float32))
+    assert _choose_backend("auto", q=q, k=np.ones((2, 3)), v=None) == "cuda"
+
+
+def test_cpu_backend_refuses_device_arrays():
+    q = cuda.to_device(np.ones((2, 3), np.float32))
+    with pytest.raises(ak.BackendUnavailableError,
+                       match=r"q: got a GPU array .*backend='cpu' computes on the host. "
+                             r"Fix: use backend='cuda'"):
+        ak.attention(q, q, q, backend="cpu")
+
+
+def test_cpu_only_functions_refuse_device_arrays():
+    x = cuda.to_device(np.ones((2, 3), np.float32))
+    with pytest.raises(ak.BackendUnavailableError,
+                       match=r"got a GPU array .*this function computes on the CPU. Fix: copy"):
+        ak.multi_head_attention(x, np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 3)),
+                                np.ones((3, 3)), 1)
+
+
+def test_unsupported_device_dtype_names_the_cast():
+    q = cuda.to_device(np.ones((2, 3), np.int32))
+    with pytest.raises(TypeError, match=r"q: expected float16, bfloat16, float32 or float64, "
+                                        r"got int32. Fix: cast it on the device"):
+        ak.attention(q, q, q)
+
+
+def test_head_dim_over_the_limit_names_the_fix():
+    q = cuda.to_device(np.ones((2, 300), np.float32))
+    with pytest.raises(ValueError, match=r"head dim d: expected at most 256 for backend='cuda'"):
+        ak.attention(q, q, q)
