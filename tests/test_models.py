@@ -140,6 +140,7 @@ def test_max_length_truncates_and_no_truncation_by_default(model):
     ds = model.run([text, "short"], max_length=16, qk=False)
     assert ds.length.values.tolist() == [16, 3]
     assert "q" not in ds and ds.attrs["max_length"] == 16
+    assert ds.embedding.dims == ("sample", "feature")  # with or without q/k
 
 
 def test_progress_callable_sees_every_sample(model):

@@ -487,7 +487,7 @@ class MiniLM:
         :func:`attnkit.ablate`); ``zero`` as in :meth:`embed`. Options set with
         :meth:`configured` apply."""
         options = getattr(self, "_call_options", {})
-        return self.embed(ids, zero=zero, batch_size=max(len(ids), 1), **options)
+        return self.embed(ids, zero=zero, batch_size=64, **options)
 
     def configured(self, *, position_embeddings=True) -> "MiniLM":
         """A view of this model (sharing its weights) whose ``model(ids)`` uses these options.
@@ -570,6 +570,8 @@ class MiniLM:
         ds = from_arrays(att, tokens=[self.id_to_token(s) for s in ids], lengths=lengths,
                          q=qs if qk else None, k=ks if qk else None, embedding=emb,
                          model=MODEL_NAME, source=source, attrs=all_attrs)
+        if "dim" in ds["embedding"].dims:  # without q/k, from_arrays calls it "dim"
+            ds = ds.rename_dims({"dim": "feature"})
         if texts is not None:
             ds = ds.assign_coords(text=("sample", np.array(texts, dtype=object)))
         return ds
