@@ -367,6 +367,72 @@ def _where(index, names) -> str:
     return ", ".join(f"{n} {int(i)}" for n, i in zip(names, index))
 
 
+_VALIDATE_BLOCK_BYTES = 32 << 20  # attention read per step by validate
+
+
+def _attention_problems(att, n: int, lengths, atol: float) -> list[str]:
+    """The attention checks of :func:`validate`, over blocks of samples.
+
+    Only one block (about 32 MB) is in memory at a time, so a lazily opened
+    store of any size can be validated. Counts add up over blocks; "first" is
+    the first in C order and "worst" the largest over the whole array.
+    """
+    n_samples = att.sizes["sample"]
+    if lengths is None:
+        lengths = np.full(n_samples, n, dtype=np.int64)
+    per_sample = max(1, int(np.prod(att.shape[1:], dtype=np.int64)) * att.dtype.itemsize)
+    step = max(1, _VALIDATE_BLOCK_BYTES // per_sample)
+    names = ("sample", "layer", "head", "query", "key")
+    count = {"nan": 0, "negative": 0, "off": 0, "padding": 0}
+    first: dict = {}
+    worst = None  # (deviation, index, sum)
+    for start in range(0, n_samples, step):
+        block = np.asarray(att.isel(sample=slice(start, start + step)).values)
+        valid_pos = np.arange(n)[None, :] < lengths[start:start + step, None]  # (sample, position)
+        valid = valid_pos[:, None, None, :, None] & valid_pos[:, None, None, None, :]
+        nan = np.isnan(block)
+        with np.errstate(invalid="ignore"):
+            negative = (block < 0) & valid
+        sums = np.where(valid, np.nan_to_num(block, nan=0.0), 0.0).sum(axis=-1)
+        off = (np.abs(sums - 1.0) > atol) & valid_pos[:, None, None, :]
+        masks = {"nan": nan & valid, "negative": negative, "padding": ~nan & ~valid}
+        for key, mask in masks.items():
+            hits = int(mask.sum())
+            if hits and key not in first:
+                idx = np.unravel_index(np.argmax(mask), mask.shape)
+                first[key] = ((idx[0] + start, *idx[1:]), block[idx])
+            count[key] += hits
+        if off.any():
+            count["off"] += int(off.sum())
+            deviation = np.where(off, np.abs(sums - 1.0), -1.0)
+            idx = np.unravel_index(np.argmax(deviation), sums.shape)
+            if worst is None or deviation[idx] > worst[0]:
+                worst = (deviation[idx], (idx[0] + start, *idx[1:]), sums[idx])
+
+    problems = []
+    if count["nan"]:
+        problems.append(f"attention: expected no NaN inside the valid length, got "
+                        f"{count['nan']} NaN values (first at {_where(first['nan'][0], names)}). "
+                        f"Fix: recompute those weights, or lower that sample's length")
+    if count["negative"]:
+        idx, value = first["negative"]
+        problems.append(f"attention: expected probabilities >= 0, got {count['negative']} "
+                        f"negative values (first at {_where(idx, names)}: {value:.4g}). "
+                        f"Fix: store softmax probabilities, not scores")
+    if count["off"]:
+        _, idx, total = worst
+        problems.append(f"attention: expected rows inside the valid length to sum to 1 "
+                        f"(atol={atol:g}), got {count['off']} rows off (worst sum "
+                        f"{total:.6g} at {_where(idx, names[:4])}). Fix: normalise with a "
+                        f"softmax over the valid keys, or pass a larger atol")
+    if count["padding"]:
+        problems.append(f"attention: expected NaN in the padding (beyond each sample's length), "
+                        f"got {count['padding']} non-NaN values (first at "
+                        f"{_where(first['padding'][0], names)}). Fix: set the padding to NaN, e.g. "
+                        f"rebuild with ak.from_arrays(..., lengths=...)")
+    return problems
+
+
 def validate(ds, *, atol: float = 1e-4) -> None:
     """Check that ``ds`` follows the attention-dataset schema (version 1).
 
@@ -421,8 +487,8 @@ def validate(ds, *, atol: float = 1e-4) -> None:
         problems.append(f"attention: expected a float dtype, got {ds['attention'].dtype}. "
                         f"Fix: ds['attention'] = ds.attention.astype('float32')")
     else:
-        att = np.asarray(ds["attention"].values)
-        n = att.shape[-1]
+        att = ds["attention"]  # read block by block below: a store may not fit in memory
+        n = att.sizes["key"]
 
     n_samples = ds.sizes.get("sample")
     lengths = None
@@ -452,43 +518,7 @@ def validate(ds, *, atol: float = 1e-4) -> None:
                 lengths = values
 
     if att is not None:
-        if lengths is None:
-            lengths = np.full(att.shape[0], n, dtype=np.int64)
-        pos = np.arange(n)
-        valid_pos = pos[None, :] < lengths[:, None]  # (sample, position)
-        valid = valid_pos[:, None, None, :, None] & valid_pos[:, None, None, None, :]
-        nan = np.isnan(att)
-        names = ("sample", "layer", "head", "query", "key")
-        inside_nan = nan & valid
-        if inside_nan.any():
-            idx = np.unravel_index(np.argmax(inside_nan), att.shape)
-            problems.append(f"attention: expected no NaN inside the valid length, got "
-                            f"{int(inside_nan.sum())} NaN values (first at {_where(idx, names)}). "
-                            f"Fix: recompute those weights, or lower that sample's length")
-        with np.errstate(invalid="ignore"):
-            negative = (att < 0) & valid
-        if negative.any():
-            idx = np.unravel_index(np.argmax(negative), att.shape)
-            problems.append(f"attention: expected probabilities >= 0, got {int(negative.sum())} "
-                            f"negative values (first at {_where(idx, names)}: {att[idx]:.4g}). "
-                            f"Fix: store softmax probabilities, not scores")
-        sums = np.where(valid, np.nan_to_num(att, nan=0.0), 0.0).sum(axis=-1)
-        row_valid = np.broadcast_to(valid_pos[:, None, None, :], sums.shape)
-        off = (np.abs(sums - 1.0) > atol) & row_valid
-        if off.any():
-            worst = np.where(off, np.abs(sums - 1.0), -1.0)
-            idx = np.unravel_index(np.argmax(worst), sums.shape)
-            problems.append(f"attention: expected rows inside the valid length to sum to 1 "
-                            f"(atol={atol:g}), got {int(off.sum())} rows off (worst sum "
-                            f"{sums[idx]:.6g} at {_where(idx, names[:4])}). Fix: normalise with a "
-                            f"softmax over the valid keys, or pass a larger atol")
-        padding = ~nan & ~valid
-        if padding.any():
-            idx = np.unravel_index(np.argmax(padding), att.shape)
-            problems.append(f"attention: expected NaN in the padding (beyond each sample's length), "
-                            f"got {int(padding.sum())} non-NaN values (first at "
-                            f"{_where(idx, names)}). Fix: set the padding to NaN, e.g. rebuild with "
-                            f"ak.from_arrays(..., lengths=...)")
+        problems += _attention_problems(att, n, lengths, atol)
 
     # optional variables
     expected_dims = {

@@ -91,38 +91,65 @@ def dask_client(workers, scheduler, quiet):
 
 
 def open_input(path, *, lazy: bool, chunk: int | None):
-    """Open an attention dataset (lazily, chunked by sample, for a cluster)."""
+    """Open an attention dataset lazily, chunked by sample (when dask is installed).
+
+    Nothing big is read here: :func:`run_blocks` loads one block of samples at
+    a time (or the cluster reads the chunks), so memory stays bounded by a
+    block whatever the size of the store. ``lazy`` asks for ``chunk`` samples
+    per chunk (the cluster's tasks); otherwise chunks follow the storage (one
+    sample). The small ``length`` and ``token`` variables are loaded at once.
+    """
     import attnkit as ak
 
-    if lazy:
-        return ak.open_dataset(path, chunks={"sample": chunk or 1})
-    return ak.open_dataset(path)
+    ds = ak.open_dataset(path, chunks={"sample": (chunk or 1) if lazy else 1})
+    for name in ("length", "token"):
+        if name in ds.variables:
+            ds.variables[name].load()
+    return ds
 
 
 def block_size(n_samples: int, chunk: int | None) -> int:
     return chunk or max(1, -(-n_samples // 50))
 
 
-def run_blocks(fn, ds, *, client, chunk, quiet, label):
+@contextlib.contextmanager
+def _read_errors(source):
+    """Lazily opened chunks are first read while computing: a chunk that cannot be
+    read or decompressed becomes a one-line error naming the file."""
+    try:
+        yield
+    except (ValueError, TypeError, MemoryError, KeyError, OSError, click.ClickException):
+        raise  # attnkit's own messages; user_errors prints them
+    except Exception as exc:
+        if source is not None:
+            from attnkit.data import read_error
+
+            raise read_error(source, exc) from exc
+        raise UserError(f"input: expected readable chunks, got {type(exc).__name__} while "
+                        f"computing ({exc}). Fix: check the file with `attnkit info FILE`; it "
+                        f"may be corrupt or truncated") from exc
+
+
+def run_blocks(fn, ds, *, client, chunk, quiet, label, source=None):
     """``fn(ds)`` computed block by block over samples with a progress bar.
 
-    With a dask client the dataset is already chunked; the whole lazy result
-    is computed on the cluster instead.
+    Each block is loaded, computed and kept only as its (small) result, so a
+    store larger than memory streams through. With a dask client the dataset
+    is already chunked; the whole lazy result is computed on the cluster
+    instead. ``source`` (the input path) names the file in read errors.
     """
+    with _read_errors(source):
+        return _run_blocks(fn, ds, client=client, chunk=chunk, quiet=quiet, label=label)
+
+
+def _run_blocks(fn, ds, *, client, chunk, quiet, label):
     import xarray as xr
 
     if client is not None:
         result = fn(ds)
         if not quiet:
             click.echo(f"{label}: computing {ds.sizes['sample']} samples on the cluster", err=True)
-        try:
-            return result.compute()
-        except (ValueError, TypeError, MemoryError, KeyError, OSError):
-            raise  # attnkit's own messages; user_errors prints them
-        except Exception as exc:  # lazily opened chunks are first read here
-            raise UserError(f"input: expected readable chunks, got {type(exc).__name__} while "
-                            f"computing on the cluster ({exc}). Fix: check the file with "
-                            f"`attnkit info FILE`; it may be corrupt or truncated") from exc
+        return result.compute()
     n = ds.sizes["sample"]
     size = block_size(n, chunk)
     parts = []
@@ -133,7 +160,7 @@ def run_blocks(fn, ds, *, client, chunk, quiet, label):
     source = ds.assign_coords(sample=np.arange(n)) if numbered else ds
     with click.progressbar(length=n, label=label, file=sys.stderr, hidden=not show) as bar:
         for start in range(0, n, size):
-            part = fn(source.isel(sample=slice(start, start + size)))
+            part = fn(source.isel(sample=slice(start, start + size)).load())
             parts.append(part.drop_vars("sample", errors="ignore") if numbered else part)
             bar.update(min(size, n - start))
     return xr.concat(parts, dim="sample") if len(parts) > 1 else parts[0]

@@ -56,7 +56,7 @@ def stats(file, output, workers, scheduler, chunk, fmt, quiet):
     with dask_client(workers, scheduler, quiet) as client:
         ds = open_input(file, lazy=client is not None, chunk=chunk)
         result = run_blocks(ak.head_stats, ds, client=client, chunk=chunk, quiet=quiet,
-                            label="head stats")
+                            label="head stats", source=file)
     result = _carry_context(result, ds)
     if path is not None:
         write_result(result, path, csv_frame=lambda: result.drop_vars(
@@ -131,7 +131,7 @@ def _interpretation_command(name, compute, help_text):
                                 f"{query}. Fix: pick a position inside the samples")
             options = dict(head_fusion=head_fusion, residual=residual)
             result = run_blocks(lambda part: compute(part, query, all_rows, **options), ds,
-                                client=client, chunk=chunk, quiet=quiet, label=name)
+                                client=client, chunk=chunk, quiet=quiet, label=name, source=file)
         result = _carry_context(result.rename(name), ds)
         if path is not None:
             write_result(result, path, csv_frame=lambda: _matrix_frame(result, name))

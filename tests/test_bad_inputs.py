@@ -811,3 +811,76 @@ def test_n_equals_1_everywhere(rng):
     ds = ak.from_arrays(a, tokens=[["[CLS]"]] * 2)
     ak.validate(ds)
     np.testing.assert_array_equal(ak.rollout(ds).values, np.ones((2, 1, 1)))
+
+
+# ----------------------------------------------------------------------------- streaming validate
+def many_problems(rng):
+    ds = ak.from_arrays([softmax(rng.standard_normal((2, 3, n, n)))
+                         for n in (6, 4, 6, 5, 6, 6, 5, 6, 6)])
+    att = ds["attention"].values
+    att[2, 1, 0, 3, 1] = np.nan           # NaN inside
+    att[5, 0, 2, 0, 0] = -0.5              # negative (and its row off)
+    att[7, 1, 1, 2, :] *= 3.0              # the worst row sum
+    att[8, 0, 0, 4, 4] += 0.01             # a small row-sum error
+    att[6, 0, 0, 5, 5] = 0.25              # padding that is not NaN
+    return ds
+
+
+def test_validate_streams_over_sample_blocks(rng, monkeypatch):
+    """validate reads the attention a block of samples at a time; the report is the
+    same whatever the block size (counts add up, first/worst are global)."""
+    ds = many_problems(rng)
+    with pytest.raises(ValueError) as whole:
+        ak.validate(ds)
+    for block_bytes in (1, 3 * ds["attention"][0].nbytes):  # 1 sample, then 3 per block
+        monkeypatch.setattr(akdata, "_VALIDATE_BLOCK_BYTES", block_bytes)
+        with pytest.raises(ValueError) as blocked:
+            ak.validate(ds)
+        assert str(blocked.value) == str(whole.value)
+    message = str(whole.value)
+    assert "1 NaN values (first at sample 2, layer 1, head 0, query 3, key 1)" in message
+    assert "1 negative values (first at sample 5, layer 0, head 2, query 0, key 0: -0.5)" in message
+    assert "worst sum 3 at sample 7, layer 1, head 1, query 2" in message
+    assert "4 rows off" in message  # the NaN and the negative rows are off too
+    assert "first at sample 6, layer 0, head 0, query 5, key 5" in message
+
+
+def test_validate_lazy_store_reads_one_block_at_a_time(tmp_path, rng, monkeypatch):
+    a = rng.random((80, 2, 4, 48, 48)).astype(np.float32)
+    a /= a.sum(-1, keepdims=True)
+    path = tmp_path / "big.zarr"
+    ak.save_dataset(ak.from_arrays(a), path)
+    ds = ak.open_dataset(path, chunks={"sample": 1})
+    monkeypatch.setattr(akdata, "_VALIDATE_BLOCK_BYTES", 2 * a[0].nbytes)
+    ak.validate(ds.isel(sample=slice(0, 2)))  # first-call imports and caches, not measured
+    tracemalloc.start()
+    try:
+        ak.validate(ds)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < a.nbytes / 4, f"validate held {peak / 1e6:.1f} MB of a {a.nbytes / 1e6:.1f} MB store"
+
+
+def test_cli_blocks_stream_a_lazy_store(tmp_path, rng):
+    """`attnkit stats/rollout` without a cluster load one block of samples at a time."""
+    from attnkit_cli import _datasets
+
+    a = rng.random((100, 2, 4, 64, 64)).astype(np.float32)  # 13 MB, 2 samples a block
+    a /= a.sum(-1, keepdims=True)
+    path = tmp_path / "big.zarr"
+    ak.save_dataset(ak.from_arrays(a), path)
+    ds = _datasets.open_input(path, lazy=False, chunk=None)
+    assert ds["attention"].chunks is not None  # nothing read yet
+    expected = ak.head_stats(a)
+    _datasets.run_blocks(ak.head_stats, ds.isel(sample=slice(0, 4)), client=None, chunk=2,
+                         quiet=True, label="warm-up")
+    tracemalloc.start()
+    try:
+        result = _datasets.run_blocks(ak.head_stats, ds, client=None, chunk=2, quiet=True,
+                                      label="head stats")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    xr.testing.assert_allclose(result.drop_vars(["sample"], errors="ignore"), expected)
+    assert peak < a.nbytes / 4, f"held {peak / 1e6:.1f} MB of a {a.nbytes / 1e6:.1f} MB store"
