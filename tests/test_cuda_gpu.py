@@ -156,3 +156,20 @@ def test_long_sequence_statistics_in_linear_memory(rng):
     np.testing.assert_allclose(received.sum(), n, rtol=1e-6)  # each query hands out 1
     entropy = st["entropy"].copy_to_host()
     assert np.isfinite(entropy).all() and entropy[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_rollout_matches_cpu(rng, fusion):
+    from attnkit.kernels.cuda import rollout as gpu_rollout
+
+    attn = rng.random((3, 12, 12, 197, 197)).astype(np.float32)
+    attn /= attn.sum(-1, keepdims=True)
+    lengths = np.array([197, 150, 1])
+    got = gpu_rollout.rollout(cuda.to_device(attn), lengths, fusion, 0.5, 2)
+    assert isinstance(got, cuda.devicearray.DeviceNDArray)
+    cpu = ak.rollout(attn, lengths=lengths, head_fusion=fusion, start_layer=2, backend="cpu")
+    host = got.copy_to_host()
+    np.testing.assert_array_equal(np.isnan(host), np.isnan(cpu))
+    np.testing.assert_allclose(host, cpu, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(ak.rollout(attn, lengths=lengths, head_fusion=fusion,
+                                          start_layer=2, backend="cuda"), cpu, atol=1e-12)

@@ -123,3 +123,20 @@ def test_layout_padding_avoids_bank_conflicts(t):
                       t.block_q * lay.pp)), (lay.v, t.block_k * 64), (lay.red, t.block_q * t.tx)])
     for (a, size), (b, _) in zip(regions, regions[1:]):
         assert a + size <= b and b % 4 == 0
+
+
+@pytest.mark.parametrize("fusion,dtype", [(0, "float32"), (1, "float64")])
+def test_rollout_kernel_compiles_for_sm90(fusion, dtype):
+    from numba import cuda, types
+    from numba.np.numpy_support import from_dtype
+
+    from attnkit.kernels.cuda import rollout
+
+    kern_fn, nbytes = rollout.layer_kernel(rollout.GPU_TILING, fusion)
+    f64 = types.Array(types.float64, 3, "C")
+    sig = (types.Array(from_dtype(np.dtype(dtype)), 5, "A"), types.int64, types.int64,
+           types.Array(types.int64, 1, "C"), types.float64, f64, f64)
+    ptx, _ = cuda.compile_ptx(kern_fn.py_func, sig, cc=(9, 0))
+    assert ".target sm_90" in ptx and "bar.sync" in ptx
+    assert "ld.local" not in ptx and "fma.rn.f64" in ptx
+    assert nbytes <= 48 * 1024
