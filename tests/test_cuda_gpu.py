@@ -173,3 +173,18 @@ def test_rollout_matches_cpu(rng, fusion):
     np.testing.assert_allclose(host, cpu, atol=1e-12, rtol=0)
     np.testing.assert_allclose(ak.rollout(attn, lengths=lengths, head_fusion=fusion,
                                           start_layer=2, backend="cuda"), cpu, atol=1e-12)
+
+
+def test_rollout_rows_from_q_and_k_match_stored_rollout(rng):
+    from attnkit.kernels.cuda import rollout as gpu_rollout
+
+    q, k = _randn(rng, 2, 4, 4, 600, 64), _randn(rng, 2, 4, 2, 600, 64)  # GQA, 4 layers
+    lengths = np.array([600, 450])
+    rows = [0, 17, 449, 599]
+    got = gpu_rollout.rollout_rows(q, k, rows, causal=True, lengths=lengths, start_layer=1)
+    weights = np.stack([ak.attention_weights(q[:, l], k[:, l], causal=True, q_lengths=lengths,
+                                             kv_lengths=lengths, backend="cpu")
+                        for l in range(4)], axis=1).astype(np.float64)
+    expected = ak.rollout(weights, lengths=lengths, start_layer=1, backend="cpu")[:, rows]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)

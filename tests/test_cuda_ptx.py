@@ -43,6 +43,8 @@ VARIANTS = {
     "query_stats-f32-d64-band-topk8": ("query_stats", 64, "float32", "float32", mk.MASK_BAND,
                                        None, 8, "C"),
     "received-f64-d40": ("received", 40, "float64", "float64", mk.MASK_NONE, None, 0, "A"),
+    # top-k cap doubles as the number of weight rows for the received kernel (rollout rows)
+    "received8-f32-d64-band": ("received", 64, "float32", "float32", mk.MASK_BAND, None, 8, "C"),
 }
 
 
@@ -51,8 +53,9 @@ def _ptx(name):
     kind, d, in_dtype, acc, mask, mod, cap, layout = VARIANTS[name]
     t = tl.choose(d, d, acc, H100_SMEM)
     dp, dvp = tl.padded_dims(t, d, d)
+    rows = cap if kind == "received" and cap else 1
     return kern.compile_ptx(kind, t, dp, dvp, acc, mask, _mod(mod), cap, in_dtype=in_dtype,
-                            layout=layout)
+                            layout=layout, rows=rows)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -90,8 +93,9 @@ def _link_info(ptx: str) -> str:
     return log.decode(errors="replace")
 
 
-def test_fast_path_links_for_sm90_without_spills():
-    info = _link_info(_ptx("forward-f32-d64"))
+@pytest.mark.parametrize("name", ["forward-f32-d64", "received8-f32-d64-band"])
+def test_links_for_sm90_without_spills(name):
+    info = _link_info(_ptx(name))
     regs = re.search(r"[Uu]sed (\d+) registers", info)
     assert regs and int(regs.group(1)) <= 255, info
     assert re.search(r"\b0 bytes spill stores, 0 bytes spill loads", info), info

@@ -9,7 +9,8 @@
   statistics, received attention), cached per tiling, dtype, mask kind and
   score_mod.
 * :mod:`.api`: runs a prepared problem (:mod:`attnkit._prepare`) on the GPU.
-* :mod:`.rollout`: batched attention rollout.
+* :mod:`.rollout`: batched attention rollout of stored attention, and rollout
+  rows streamed from per-layer queries and keys.
 
 Importing this package imports ``numba.cuda``; ``import attnkit`` does not.
 See docs/gpu.md for the kernel design.

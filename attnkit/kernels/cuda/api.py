@@ -88,6 +88,17 @@ class _Launch:
                   q, k, dummy, *self.maps, *self.mask_args(), rt.empty((1, 1, 1), self.acc), lse)
         return lse
 
+    def received(self, lse2, weights, group: int):
+        """``sum_i weights[z // group, r, i] p_z[i, j]`` as (Z, rows, m) float64 on the device."""
+        p = self.p
+        rows = int(weights.shape[1])
+        out = rt.empty((p.n_problems, rows, p.m), np.float64)
+        kern, lay = received_kernel(self.tiling, self.dp, self.acc, self.mask, self.mod, rows)
+        blocks = p.n_problems * -(-p.m // self.tiling.block_k)
+        rt.launch(kern, blocks, self.block, lay.nbytes, *self.common(), lse2, weights,
+                  np.int64(group), out)
+        return out
+
 
 @functools.lru_cache(maxsize=1)
 def _NO_TILES():
@@ -171,10 +182,8 @@ def stats(p, stats: tuple, topk: int) -> dict:
         if topk:
             result["topk_index"], result["topk_value"] = top_i, top_v
     if "received" in stats:
-        received = rt.empty((z, m), np.float64)
-        kern, lay = received_kernel(run.tiling, run.dp, run.acc, run.mask, run.mod)
-        blocks = z * -(-m // run.tiling.block_k)
-        rt.launch(kern, blocks, run.block, lay.nbytes, *run.common(), lse2, received)
-        result["received"] = received
+        ones = rt.to_device(np.ones((1, 1, max(n, 1))))
+        received = run.received(lse2, ones, max(z, 1))
+        result["received"] = received.reshape((z, m))
     return {name: _result(p, arr, p.batch_shape + tuple(arr.shape[1:]))
             for name, arr in result.items()}

@@ -637,18 +637,23 @@ def query_stats_kernel(t: Tiling, dp: int, acc: str, mask: int, mod, topk_cap: i
 
 # ----------------------------------------------------------------- received
 @functools.lru_cache(maxsize=64)
-def received_kernel(t: Tiling, dp: int, acc: str, mask: int, mod):
-    """Attention received by each key, ``sum_i p[i, j]``, into ``received`` (Z, m).
+def received_kernel(t: Tiling, dp: int, acc: str, mask: int, mod, rows: int = 1):
+    """Weighted attention received by each key, ``sum_i w[r, i] p[i, j]``, into (Z, rows, m).
 
-    One block per key tile loops over the query tiles, so every column sum
-    is accumulated in a fixed order (deterministic, no atomics).
+    With one row of ones this is the received attention of
+    :func:`attnkit.attention_stats`; with rows of a rollout it is the
+    product ``V @ P`` that :func:`.rollout.rollout_rows` streams. Problem
+    ``z`` uses weights ``w[z // group]``. One block per key tile loops over
+    the query tiles, so every column sum is accumulated in a fixed order
+    (deterministic, no atomics).
 
     Signature: ``(q, k, q_map, kv_map, q_len, kv_len, scale2, ops, aux,
-    tiles, n_heads, lse2, received)``; grid ``Z * ceil(m / block_k)``.
+    tiles, n_heads, lse2, weights, group, received)``; ``weights`` (W, rows,
+    n) float64; grid ``Z * ceil(m / block_k)``.
     """
-    lay = layout(t, dp, 4, np.dtype(acc).itemsize, "received")
+    lay = layout(t, dp, 4, np.dtype(acc).itemsize, "received", rows=rows)
     P = _Parts(t, dp, 4 * t.tx, acc, lay, mask, mod)
-    TY, TX, RQ, RK = t.ty, t.tx, t.rq, t.rk
+    TY, TX, RQ, RK, R = t.ty, t.tx, t.rq, t.rk, rows
     BQ, BK = t.block_q, t.block_k
     SL = lay.slots
     MASKED = mask != mk.MASK_NONE
@@ -659,12 +664,12 @@ def received_kernel(t: Tiling, dp: int, acc: str, mask: int, mod):
     f64 = types.float64
 
     def kernel(q, k, q_map, kv_map, q_len, kv_len, scale2, ops, aux, tiles, n_heads, lse2,
-               received):
+               weights, group, received):
         if ALIGNED:  # the simulator rejects alignment; the GPU needs it to vectorise
             sm = cuda.shared.array(0, acc_t, alignment=16)
         else:
             sm = cuda.shared.array(0, acc_t)
-        if ALIGNED:  # the simulator rejects alignment; the GPU needs it to vectorise
+        if ALIGNED:
             smd = cuda.shared.array(0, f64, alignment=16)
         else:
             smd = cuda.shared.array(0, f64)
@@ -685,13 +690,16 @@ def received_kernel(t: Tiling, dp: int, acc: str, mask: int, mod):
         kh = zk - kb * k.shape[1]
         b = z // n_heads
         h = z - b * n_heads
+        wz = z // group
         k1 = min(k0 + BK, kv_len[z])
 
         s = cuda.local.array((RQ, RK), acc_t)
         lse_r = cuda.local.array(RQ, acc_t)
-        col = cuda.local.array(RK, f64)
-        for j in range(RK):
-            col[j] = 0.0
+        w_i = cuda.local.array(R, f64)
+        col = cuda.local.array((R, RK), f64)
+        for u in range(R):
+            for j in range(RK):
+                col[u, j] = 0.0
         load_k(sm, tid, k, kb, kh, k0, k1 - k0, d, ONE)
 
         n_valid = q_len[z]
@@ -712,22 +720,28 @@ def received_kernel(t: Tiling, dp: int, acc: str, mask: int, mod):
                 mask_scores(s, ty, tx, q0, valid_q, k0, k1, state, ops, aux, b, h)
                 for i in range(RQ):
                     lr = lse_r[i]
-                    if lr != NEG_INF:
+                    if lr != NEG_INF:  # a valid query row (padding has lse -inf)
+                        for u in range(R):
+                            w_i[u] = weights[wz, u, q0 + ty + TY * i]
                         for j in range(RK):
-                            col[j] += f64(exp2(s[i, j] - lr))
+                            p = f64(exp2(s[i, j] - lr))
+                            for u in range(R):
+                                col[u, j] += w_i[u] * p
                 cuda.syncthreads()  # D: Q tile consumed
 
-        for j in range(RK):
-            smd[U(SL + ty * BK + tx + TX * j)] = col[j]
+        for u in range(R):
+            for j in range(RK):
+                smd[U(SL + (u * TY + ty) * BK + tx + TX * j)] = col[u, j]
         cuda.syncthreads()  # E: partial column sums written
         if ty == 0:
-            for j in range(RK):
-                key = k0 + tx + TX * j
-                if key < m:
-                    total = 0.0
-                    for u in range(TY):
-                        total += smd[U(SL + u * BK + tx + TX * j)]
-                    received[z, key] = total
+            for u in range(R):
+                for j in range(RK):
+                    key = k0 + tx + TX * j
+                    if key < m:
+                        total = 0.0
+                        for v in range(TY):
+                            total += smd[U(SL + (u * TY + v) * BK + tx + TX * j)]
+                        received[z, u, key] = total
 
     return cuda.jit(kernel), lay
 
@@ -763,12 +777,12 @@ def signature(kind: str, acc: str, in_dtype: str = "float32", out_dtype: str | N
         return head + (_arr(acc, 2), types.int64, f, f, i, f, _arr(np.int64, 3),
                        _arr(np.float64, 3))
     if kind == "received":
-        return head + (_arr(acc, 2), _arr(np.float64, 2))
+        return head + (_arr(acc, 2), _arr(np.float64, 3), types.int64, _arr(np.float64, 3))
     raise ValueError(f"unknown kernel kind {kind!r}")
 
 
 def kernel_for(kind: str, t: Tiling, dp: int, dvp: int, acc: str, mask: int, mod=None,
-               topk_cap: int = 0):
+               topk_cap: int = 0, rows: int = 1):
     """(dispatcher, layout) of one kernel variant, from the cached factories."""
     if kind in ("forward", "lse"):
         return forward_kernel(t, dp, dvp, acc, mask, mod, kind == "forward")
@@ -777,14 +791,15 @@ def kernel_for(kind: str, t: Tiling, dp: int, dvp: int, acc: str, mask: int, mod
     if kind == "query_stats":
         return query_stats_kernel(t, dp, acc, mask, mod, topk_cap)
     if kind == "received":
-        return received_kernel(t, dp, acc, mask, mod)
+        return received_kernel(t, dp, acc, mask, mod, rows)
     raise ValueError(f"unknown kernel kind {kind!r}")
 
 
 def compile_ptx(kind: str, t: Tiling, dp: int, dvp: int, acc: str, mask: int, mod=None,
-                topk_cap: int = 0, in_dtype: str = "float32", cc=(9, 0), layout: str = "C") -> str:
+                topk_cap: int = 0, in_dtype: str = "float32", cc=(9, 0), layout: str = "C",
+                rows: int = 1) -> str:
     """PTX of one kernel variant for compute capability ``cc`` (no GPU needed)."""
-    kern, _ = kernel_for(kind, t, dp, dvp, acc, mask, mod, topk_cap)
+    kern, _ = kernel_for(kind, t, dp, dvp, acc, mask, mod, topk_cap, rows)
     sig = signature(kind, acc, in_dtype, layout=layout)
     ptx, _ = cuda.compile_ptx(kern.py_func, sig, cc=cc)
     return ptx

@@ -110,11 +110,12 @@ class Layout:
 
 
 def layout(tiling: Tiling, dp: int, dvp: int, itemsize: int, kind: str,
-           topk: bool = False) -> Layout:
+           topk: bool = False, rows: int = 1) -> Layout:
     """Shared-memory layout of one kernel.
 
     ``kind`` is ``"forward"`` (``"lse"`` without values), ``"weights"``,
-    ``"query_stats"`` (``topk`` adds the probability tile) or ``"received"``.
+    ``"query_stats"`` (``topk`` adds the probability tile) or ``"received"``
+    (with ``rows`` weight rows).
     """
     t = tiling
     bq, bk = t.block_q, t.block_k
@@ -138,7 +139,7 @@ def layout(tiling: Tiling, dp: int, dvp: int, itemsize: int, kind: str,
         # are dead, so its slots reuse them from offset 0.
         return Layout(dqp, dkp, pp, q_at, kp_at, v_at, red_at, 0,
                       max(byte_end, 4 * bq * t.tx * 8))
-    slot_bytes = t.ty * bk * 8 if kind == "received" else 0
+    slot_bytes = rows * t.ty * bk * 8 if kind == "received" else 0
     slots = _round_up(byte_end, 16) // 8
     return Layout(dqp, dkp, pp, q_at, kp_at, v_at, red_at, slots, slots * 8 + slot_bytes)
 
