@@ -72,6 +72,7 @@ def test_cpu_backend_refuses_gpu_arrays(rng):
 
 def test_auto_never_selects_the_simulator():
     """With NUMBA_ENABLE_CUDASIM=1 kernels could run (slowly), but 'auto' must not pick them."""
+    pytest.importorskip("numba_cuda", reason="needs the GPU extra")
     code = ("import numpy as np; from attnkit.attention import _choose_backend, _cuda_status; "
             "x = np.ones((2, 3)); print(_choose_backend('auto', q=x, k=x, v=x), _cuda_status()[:2])")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")

@@ -13,10 +13,12 @@ import re
 import numpy as np
 import pytest
 
-import attnkit as ak
-from attnkit.kernels.cuda import attention as kern
-from attnkit.kernels.cuda import masking as mk
-from attnkit.kernels.cuda import tiling as tl
+pytest.importorskip("numba_cuda", reason="needs the GPU extra: pip install 'attnkit[gpu]'")
+
+import attnkit as ak  # noqa: E402
+from attnkit.kernels.cuda import attention as kern  # noqa: E402
+from attnkit.kernels.cuda import masking as mk  # noqa: E402
+from attnkit.kernels.cuda import tiling as tl  # noqa: E402
 
 H100_SMEM = 227 * 1024
 
