@@ -23,7 +23,7 @@ from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .equivariance import check_equivariance
 from .flow import attention_flow
 from .options import get_options, set_options
-from .rollout import augmented_attention, grad_rollout, rollout
+from .rollout import augmented_attention, grad_rollout, rollout, rollout_rows
 from .scores import SCORE_KINDS, attention_scores
 from .stats import head_stats
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
@@ -57,6 +57,7 @@ __all__ = [
     "open_dataset",
     "SCHEMA_VERSION",
     "rollout",
+    "rollout_rows",
     "grad_rollout",
     "augmented_attention",
     "attention_flow",

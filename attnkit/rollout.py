@@ -24,7 +24,7 @@ import numpy as np
 from . import errors
 from ._attn_input import apply_to_xarray, as_lengths, attention_stack, is_xarray
 
-__all__ = ["rollout", "grad_rollout", "augmented_attention"]
+__all__ = ["rollout", "rollout_rows", "grad_rollout", "augmented_attention"]
 
 _BACKENDS = ("auto", "cpu", "cuda")
 
@@ -261,3 +261,118 @@ def grad_rollout(attn, grad, *, start_layer=0, lengths=None):
         raise errors.value_error("grad", "an array of the shape of attn", None,
                                  "pass the saved attention gradients")
     return _grad_rollout_numpy(attn, grad, lengths=lengths, start_layer=start_layer)
+
+
+def _weighted_received_cpu(problem, weights):
+    """``sum_i weights[z, i] * p[z, i, :]`` for every problem z, streaming.
+
+    The key_received kernel sums ``exp(s_ij - lse_i)`` over queries; handing it
+    ``lse_i - log(w_i)`` instead makes it sum ``w_i * p_ij``. Zero weights give
+    ``+inf`` and contribute exactly 0.
+    """
+    from .attention import CPU_BLOCK_K, CPU_BLOCK_Q, _CpuKernels, _lse
+
+    p = problem
+    kern = _CpuKernels(p)
+    lse = _lse(p, kern).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shifted = np.where(weights > 0, lse - np.log(weights), np.inf).astype(p.q.dtype)
+    received = np.empty((p.n_problems, p.m))
+    kern.key_received(p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
+                      p.n_heads, shifted, CPU_BLOCK_Q, CPU_BLOCK_K, received)
+    return received
+
+
+def _rollout_rows_cpu(q, k, idx, *, residual, start, lengths, **attention_kwargs):
+    from ._prepare import prepare
+
+    n_samples, n_layers, n_heads, n = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
+    out = np.full((n_samples, idx.size, n), np.nan)
+    for u, row in enumerate(idx):
+        v = np.zeros((n_samples, n))
+        v[lengths > row, row] = 1.0
+        for layer in range(n_layers - 1, start - 1, -1):
+            problem = prepare(q[:, layer], k[:, layer], q_lengths=lengths, kv_lengths=lengths,
+                              **attention_kwargs)
+            weights = np.repeat(v, n_heads, axis=0)  # problems are (sample, head) row-major
+            received = _weighted_received_cpu(problem, weights).reshape(n_samples, n_heads, n)
+            v = residual * v + (1.0 - residual) * received.mean(axis=1)
+        valid = lengths > row
+        out[valid, u] = v[valid]
+        for s in range(n_samples):
+            out[s, u, lengths[s]:] = np.nan
+    return out
+
+
+def rollout_rows(q, k, rows, *, residual=0.5, start_layer=0, scale=None, causal=False, mask=None,
+                 score_mod=None, lengths=None, check_finite=True, backend="auto"):
+    """Rows of attention rollout computed from per-layer queries and keys, never storing n x n.
+
+    Each layer's attention is recomputed tile by tile by the streaming kernels,
+    so memory is O(n) per row and head: rollout works at lengths where one
+    layer's weights do not fit. Head fusion is the mean (max/min need every
+    head's weights at once: use stored attention and :func:`rollout`).
+    Equals ``ak.rollout(w, head_fusion="mean", residual=..., start_layer=...)[..., rows, :]``
+    where ``w`` stacks ``ak.attention_weights(q[l], k[l], ...)`` over layers.
+
+    Parameters
+    ----------
+    q, k : arrays (layer, head, n, d) or (sample, layer, head, n, d)
+        Per-layer queries and keys (as stored in an attention dataset's ``q``
+        and ``k``); ``k`` may have fewer heads (grouped-query attention).
+    rows : sequence of int
+        Output positions whose rollout rows are wanted.
+    residual, start_layer
+        As in :func:`rollout`.
+    scale, causal, mask, score_mod, check_finite
+        How each layer's attention is computed, as in :func:`attnkit.attention`.
+    lengths : int or array (sample,), optional
+        Valid tokens per sample.
+    backend : {"auto", "cpu", "cuda"}
+        "auto" runs on the GPU for device arrays.
+
+    Returns
+    -------
+    numpy.ndarray (sample, row, key), or (row, key) for 4-d inputs
+        float64; NaN for rows and keys past a sample's length.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.standard_normal((2, 3, 4, 6, 8))   # (q/k, layer, head, n, d)
+    >>> w = np.stack([ak.attention_weights(q[l], k[l]) for l in range(3)])
+    >>> got = ak.rollout_rows(q, k, rows=[0, 5])
+    >>> bool(np.allclose(got, ak.rollout(w)[[0, 5]]))
+    True
+    """
+    backend_name = _choose_backend(backend, q if _is_device_array(q) else k)
+    if backend_name == "cuda":
+        from .kernels.cuda import rollout as cuda_rollout
+
+        return cuda_rollout.rollout_rows(q, k, rows, residual=residual, start_layer=start_layer,
+                                         scale=scale, causal=causal, mask=mask,
+                                         score_mod=score_mod, lengths=lengths,
+                                         check_finite=check_finite)
+    q, k = np.asarray(q), np.asarray(k)
+    if q.ndim not in (4, 5) or k.ndim != q.ndim:
+        raise errors.shape_error("q, k", "(layer, head, n, d) or (sample, layer, head, n, d)",
+                                 (q.shape, k.shape), "stack the layers on one axis")
+    single = q.ndim == 4
+    if single:
+        q, k = q[None], k[None]
+    n_layers, n = q.shape[1], q.shape[3]
+    if k.shape[1] != n_layers or k.shape[3] != n:
+        raise errors.shape_error("k", f"{n_layers} layers and {n} positions like q", k.shape,
+                                 "rollout needs self-attention: keys at the query positions")
+    idx = np.asarray(rows)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu" or (idx.size and (idx.min() < 0 or idx.max() >= n)):
+        raise errors.value_error("rows", f"a 1-d array of positions in [0, {n})", repr(rows),
+                                 "pass e.g. rows=[0] for the first token")
+    residual = _fraction("residual", residual)
+    start = _start_layer(start_layer, n_layers)
+    lens = as_lengths("lengths", lengths, q.shape[:1], n)
+    out = _rollout_rows_cpu(q, k, idx.astype(np.int64), residual=residual, start=start,
+                            lengths=lens, scale=scale, causal=causal, mask=mask,
+                            score_mod=score_mod, check_finite=check_finite)
+    return out[0] if single else out

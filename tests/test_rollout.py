@@ -186,3 +186,46 @@ def test_rollout_rejects_bad_weights_naming_the_place(rng):
         ak.rollout(a[..., :3])
     with pytest.raises(TypeError, match=r"attn: expected float16.*got int64"):
         ak.rollout(np.ones((1, 1, 2, 2), dtype=np.int64))
+
+
+def stored_weights(q, k, lengths=None, **kwargs):
+    """(sample, layer, head, n, n) weights of per-layer q/k, padding NaN past each length."""
+    w = np.stack([ak.attention_weights(q[:, l], k[:, l], q_lengths=lengths, kv_lengths=lengths,
+                                       **kwargs) for l in range(q.shape[1])], axis=1)
+    if lengths is not None:
+        for s, m in enumerate(lengths):
+            w[s, :, :, m:, :] = np.nan
+            w[s, :, :, :, m:] = np.nan
+    return w
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"causal": True}, {"mask": ak.masks.local(3)}])
+def test_rollout_rows_match_stored_rollout(rng, kwargs):
+    q = rng.standard_normal((3, 4, 2, 11, 8))
+    k = rng.standard_normal((3, 4, 2, 11, 8))
+    lengths = [11, 7, 1]
+    rows = [0, 3, 10]
+    got = ak.rollout_rows(q, k, rows, residual=0.3, start_layer=1, lengths=lengths, **kwargs)
+    want = ak.rollout(stored_weights(q, k, lengths, **kwargs), residual=0.3, start_layer=1,
+                      lengths=lengths)[:, rows]
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13, equal_nan=True)
+    assert np.isnan(got[1, 2]).all() and np.isnan(got[2, 1]).all()  # rows past the length
+
+
+def test_rollout_rows_grouped_query_and_float32(rng):
+    q = rng.standard_normal((2, 4, 13, 16)).astype(np.float32)   # 4 query heads
+    k = rng.standard_normal((2, 2, 13, 16)).astype(np.float32)   # 2 kv heads
+    got = ak.rollout_rows(q, k, [0, 12])
+    w = np.stack([ak.attention_weights(q[l], k[l]) for l in range(2)]).astype(np.float64)
+    np.testing.assert_allclose(got, ak.rollout(w)[[0, 12]], rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_rollout_rows_errors(rng):
+    q = rng.standard_normal((2, 2, 5, 4))
+    with pytest.raises(ValueError, match=r"rows: expected a 1-d array of positions in \[0, 5\)"):
+        ak.rollout_rows(q, q, [5])
+    with pytest.raises(ValueError, match=r"k: expected shape 2 layers and 5 positions like q"):
+        ak.rollout_rows(q, q[:, :, :4], [0])
+    with pytest.raises(ValueError, match=r"q, k: expected shape"):
+        ak.rollout_rows(q[0], q[0], [0])
