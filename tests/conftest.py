@@ -23,6 +23,10 @@ if str(TESTS_DIR) not in sys.path:
 
 _SEED_ENV = "ATTNKIT_TEST_SEED"
 
+# On a machine with a GPU, backend="auto" would send every host-array test to the CUDA
+# kernels; keep them on the CPU (the CUDA tests ask for backend="cuda" or pass device arrays).
+os.environ.setdefault("ATTNKIT_AUTO_BACKEND", "cpu")
+
 
 def fresh_seed() -> int:
     """A new random seed, or the one in $ATTNKIT_TEST_SEED to replay a failure."""
