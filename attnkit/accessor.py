@@ -80,7 +80,8 @@ class AttentionAccessor:
         scores = _public("attention_scores")(self._ds, score, layers=layers, residual=residual)
         target = self._ds["impact"]
         if impact is not None:
-            target = target.sel(method=impact, drop=True)
+            # a dict: `sel(method=...)` would be xarray's inexact-matching keyword
+            target = target.sel({"method": impact}, drop=True)
         return _public("correlate")(scores, target, **kwargs)
 
     def plot(self, kind: str = "heatmap", **kwargs):
