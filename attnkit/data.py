@@ -631,6 +631,32 @@ def _write_zarr(ds, tmp_path: str) -> None:
     ds.to_zarr(tmp_path, mode="w", encoding=encoding, consolidated=True, **_zarr_kwargs())
 
 
+def _exchange(a, b) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    A directory cannot be renamed over a non-empty one, so replacing a zarr
+    store otherwise takes two renames (old store aside, new one in), and a
+    process killed between them would leave no store at the target. Returns
+    False where the call or the file system does not support it.
+    """
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(os.fspath(a)), at_fdcwd, os.fsencode(os.fspath(b)),
+                     rename_exchange) == 0
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -749,6 +775,10 @@ def write_atomic(ds, path, *, format: str | None = None) -> None:
     try:
         _write_zarr(ds, tmp)
         os.chmod(tmp, normal_mode(directory=True))
+        if os.path.lexists(path) and _exchange(tmp, path):
+            # one atomic step: path is the new store, tmp holds the old one
+            _remove(tmp)
+            return
         if os.path.lexists(path):
             aside = tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent)
             os.rmdir(aside)

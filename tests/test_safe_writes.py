@@ -324,3 +324,49 @@ def test_cli_attend_write_error_leaves_nothing(tmp_path, rng, monkeypatch):
     result = run("attend", tmp_path / "qkv.npz", "-o", out / "r.npz")
     assert result.exit_code == 2 and "No space" in result.output
     assert os.listdir(out) == []
+
+
+# ----------------------------------------------------------------------------- zarr replace
+def test_zarr_replace_is_one_atomic_exchange_on_linux(tmp_path, rng, monkeypatch):
+    """A directory cannot be renamed over another; on Linux the new store and the old
+    one swap places in one renameat2(RENAME_EXCHANGE), so there is no instant without
+    a complete store at the target (two renames would leave a gap)."""
+    path = tmp_path / "attn.zarr"
+    ak.save_dataset(small_dataset(rng), path)
+    calls = []
+    real = akdata._exchange
+
+    def spy(a, b):
+        calls.append(real(a, b))
+        return calls[-1]
+
+    monkeypatch.setattr(akdata, "_exchange", spy)
+    second = small_dataset(rng)
+    ak.save_dataset(second, path)
+    xr.testing.assert_identical(ak.open_dataset(path), second)
+    assert sorted(os.listdir(tmp_path)) == ["attn.zarr"]
+    if sys.platform.startswith("linux"):
+        assert calls == [True], "renameat2(RENAME_EXCHANGE) was not used"
+
+
+def test_zarr_replace_without_exchange_falls_back_to_two_renames(tmp_path, rng, monkeypatch):
+    path = tmp_path / "attn.zarr"
+    ak.save_dataset(small_dataset(rng), path)
+    monkeypatch.setattr(akdata, "_exchange", lambda a, b: False)
+    second = small_dataset(rng)
+    ak.save_dataset(second, path)
+    xr.testing.assert_identical(ak.open_dataset(path), second)
+    assert sorted(os.listdir(tmp_path)) == ["attn.zarr"]
+
+
+def test_exchange_swaps_two_directories(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from_a").write_text("a")
+    (b / "from_b").write_text("b")
+    if not akdata._exchange(a, b):
+        assert not sys.platform.startswith("linux"), "renameat2 is missing on Linux"
+        return
+    assert os.listdir(a) == ["from_b"] and os.listdir(b) == ["from_a"]
+    assert not akdata._exchange(a, tmp_path / "missing")  # an error is False, not a raise
