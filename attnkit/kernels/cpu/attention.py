@@ -19,8 +19,10 @@ arguments and allocates the outputs. Conventions shared by every kernel:
 
 Work is split over (problem, query tile) with ``prange``; each output
 element is written by exactly one iteration, so results are bit-identical
-from run to run. Tile products go through BLAS via ``np.dot`` on contiguous
-blocks (keys and values are zero-copy views of the flat inputs).
+from run to run and for any number of threads. float32 tile products use
+the register-blocked micro-kernels of :mod:`.gemm` (keys packed once per
+call, values read in place); float64 ones go through BLAS via ``np.dot`` on
+contiguous blocks (zero-copy views of the flat inputs).
 """
 
 import functools
@@ -29,8 +31,9 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from .gemm import accumulate_tile, pack_keys, score_tile
 from .masking import EMPTY, PARTIAL, mask_tile, tile_state
-from .rowops import add_row, exp_shifted, row_max, scale_add_row
+from .rowops import add_row, exp_shifted, row_max
 
 
 @njit(cache=True, nogil=True)
@@ -47,15 +50,6 @@ HAS_SCORE_MOD = False
 
 
 @njit(cache=True, nogil=True)
-def _rows(x, z, start, stop):
-    """Rows [start, stop) of problem z of a C-contiguous (Z, rows, cols) array, no copy."""
-    cols = x.shape[2]
-    flat = x.reshape(-1)
-    base = z * x.shape[1] * cols
-    return flat[base + start * cols: base + stop * cols].reshape(stop - start, cols)
-
-
-@njit(cache=True, nogil=True)
 def _load_scaled_queries(q, zq, q0, q1, scale, out):
     """Copy queries [q0, q1) of problem zq into out[:q1-q0], multiplied by scale."""
     d = q.shape[2]
@@ -65,13 +59,13 @@ def _load_scaled_queries(q, zq, q0, q1, scale, out):
 
 
 @njit(cache=True, nogil=True)
-def _score_tile(qs, kb, s, state, b, h, q0, k0, ops, aux):
+def _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux):
     """Scores of a tile into s (bq, bk): dot products, then the mask, then score_mod.
 
     Masked entries become -inf and are never passed to score_mod. ``qs`` must
-    already hold scaled queries.
+    already hold scaled queries; ``kp = pack_keys(k, block_k)``.
     """
-    np.dot(qs, kb.T, s)
+    score_tile(qs, k, kp, zk, k0, k1, block_k, s)
     if state == PARTIAL:
         mask_tile(s, ops, aux, q0, k0)
     if HAS_SCORE_MOD:
@@ -103,6 +97,7 @@ def flash_forward(
     dv = v.shape[2]
     n_qt = (n + block_q - 1) // block_q
     dt = q.dtype
+    kp = pack_keys(k, block_k)
     for task in prange(n_problems * n_qt):
         z = task // n_qt
         q0 = (task % n_qt) * block_q
@@ -122,7 +117,6 @@ def flash_forward(
             s_buf = np.empty(valid_q * block_k, dtype=dt)
             p_buf = np.empty(valid_q * block_k, dtype=dt)
             pv_buf = np.empty(valid_q * dv, dtype=dt)
-            scratch = np.empty(block_k, dtype=np.int32)
             alphas = np.empty(valid_q, dtype=dt)
             m_len = kv_len[z]
             for k0 in range(0, m_len, block_k):
@@ -132,8 +126,7 @@ def flash_forward(
                     continue
                 bk = k1 - k0
                 s = _tile_view(s_buf, valid_q, bk)
-                _score_tile(qs, _rows(k, zk, k0, k1), s, state, b, h, q0, k0,
-                            ops, aux)
+                _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux)
                 prob = _tile_view(p_buf, valid_q, bk)
                 for i in range(valid_q):
                     tile_max = row_max(s[i])
@@ -144,13 +137,10 @@ def flash_forward(
                         alphas[i] = 1.0
                         continue
                     alphas[i] = np.exp(m_i[i] - m_new)
-                    l_i[i] = l_i[i] * alphas[i] + exp_shifted(s[i], m_new, prob[i], scratch)
+                    l_i[i] = l_i[i] * alphas[i] + exp_shifted(s[i], m_new, prob[i])
                     m_i[i] = m_new
                 if with_values:
-                    pv = _tile_view(pv_buf, valid_q, dv)
-                    np.dot(prob, _rows(v, zk, k0, k1), pv)
-                    for i in range(valid_q):
-                        scale_add_row(acc[i], alphas[i], pv[i])
+                    accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf)
         for i in range(bq):
             if l_i[i] == 0.0:  # fully masked (a NaN sum must not land here)
                 lse[z, q0 + i] = -np.inf
@@ -180,6 +170,7 @@ def exact_weights(
     d = q.shape[2]
     n_qt = (n + block_q - 1) // block_q
     dt = q.dtype
+    kp = pack_keys(k, block_k)
     for task in prange(n_problems * n_qt):
         z = task // n_qt
         q0 = (task % n_qt) * block_q
@@ -192,7 +183,6 @@ def exact_weights(
         _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
         s_buf = np.empty(valid_q * block_k, dtype=dt)
         prob = np.empty(block_k, dtype=dt)
-        scratch = np.empty(block_k, dtype=np.int32)
         m_len = kv_len[z]
         for k0 in range(0, m_len, block_k):
             k1 = min(k0 + block_k, m_len)
@@ -200,13 +190,13 @@ def exact_weights(
             if state == EMPTY:
                 continue
             s = _tile_view(s_buf, valid_q, k1 - k0)
-            _score_tile(qs, _rows(k, zk, k0, k1), s, state, z // n_heads, z % n_heads,
-                        q0, k0, ops, aux)
+            _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, z // n_heads, z % n_heads,
+                        q0, ops, aux)
             for i in range(valid_q):
                 row_lse = lse[z, q0 + i]
                 if row_lse == -np.inf:
                     continue
-                exp_shifted(s[i], row_lse, prob, scratch)
+                exp_shifted(s[i], row_lse, prob)
                 out[z, q0 + i, k0:k1] = prob[: k1 - k0]
 
 
@@ -229,6 +219,7 @@ def query_stats(
     topk = topk_index.shape[2]
     n_qt = (n + block_q - 1) // block_q
     dt = q.dtype
+    kp = pack_keys(k, block_k)
     for task in prange(n_problems * n_qt):
         z = task // n_qt
         q0 = (task % n_qt) * block_q
@@ -248,7 +239,6 @@ def query_stats(
             _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
             s_buf = np.empty(valid_q * block_k, dtype=dt)
             prob = np.empty(block_k, dtype=dt)
-            scratch = np.empty(block_k, dtype=np.int32)
             m_len = kv_len[z]
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
@@ -256,14 +246,14 @@ def query_stats(
                 if state == EMPTY:
                     continue
                 s = _tile_view(s_buf, valid_q, k1 - k0)
-                _score_tile(qs, _rows(k, zk, k0, k1), s, state, z // n_heads, z % n_heads,
-                            q0, k0, ops, aux)
+                _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, z // n_heads,
+                            z % n_heads, q0, ops, aux)
                 for i in range(valid_q):
                     row_lse = lse[z, q0 + i]
                     if row_lse == -np.inf:
                         continue
                     qi = q0 + i
-                    exp_shifted(s[i], row_lse, prob, scratch)
+                    exp_shifted(s[i], row_lse, prob)
                     for j in range(k1 - k0):
                         p = np.float64(prob[j])
                         if p == 0.0:
@@ -308,6 +298,7 @@ def key_received(
     d = q.shape[2]
     n_kt = (m + block_k - 1) // block_k
     dt = q.dtype
+    kp = pack_keys(k, block_k)
     for task in prange(n_problems * n_kt):
         z = task // n_kt
         k0 = (task % n_kt) * block_k
@@ -317,12 +308,10 @@ def key_received(
         col = np.zeros(k1 - k0, dtype=np.float64)
         valid_k1 = min(k1, kv_len[z])
         if valid_k1 > k0:
-            kb = _rows(k, zk, k0, valid_k1)
             bk = valid_k1 - k0
             qs = np.empty((block_q, d), dtype=dt)
             s_buf = np.empty(block_q * bk, dtype=dt)
             prob = np.empty(bk, dtype=dt)
-            scratch = np.empty(bk, dtype=np.int32)
             n_valid = q_len[z]
             for q0 in range(0, n_valid, block_q):
                 q1 = min(q0 + block_q, n_valid)
@@ -333,13 +322,13 @@ def key_received(
                 qv = _tile_view(qs.reshape(-1), bq, d)
                 _load_scaled_queries(q, zq, q0, q1, scale, qv)
                 s = _tile_view(s_buf, bq, bk)
-                _score_tile(qv, kb, s, state, z // n_heads, z % n_heads,
-                            q0, k0, ops, aux)
+                _score_tile(qv, k, kp, zk, k0, valid_k1, block_k, s, state, z // n_heads,
+                            z % n_heads, q0, ops, aux)
                 for i in range(bq):
                     row_lse = lse[z, q0 + i]
                     if row_lse == -np.inf:
                         continue
-                    exp_shifted(s[i], row_lse, prob, scratch)
+                    exp_shifted(s[i], row_lse, prob)
                     add_row(col[:bk], prob[:bk])
         for j in range(k1 - k0):
             received[z, k0 + j] = col[j]
