@@ -52,7 +52,8 @@ def _performance_figures(results: Path, figures: Path) -> list[Path]:
     return made
 
 
-def build_paper(root=".", *, dataset=None, quick: bool = False, progress=None) -> list[Path]:
+def build_paper(root=".", *, dataset=None, quick: bool = False, equivariance: bool = True,
+                progress=None) -> list[Path]:
     """Write paper/figures/* and paper/results/analysis.{nc,md} under ``root``.
 
     Parameters
@@ -63,6 +64,8 @@ def build_paper(root=".", *, dataset=None, quick: bool = False, progress=None) -
         Attention dataset to analyse (default :data:`PAPER_DATASET`).
     quick : bool
         Analyse only a few samples (for tests; the numbers are then not the paper's).
+    equivariance : bool
+        Run the equivariance checks (tables only; no figure depends on them).
     progress : callable, optional
         Called with a line of text per step.
 
@@ -84,7 +87,7 @@ def build_paper(root=".", *, dataset=None, quick: bool = False, progress=None) -
         raise FileNotFoundError(f"{dataset}: expected the shipped MiniLM dataset, got no such "
                                 "file. Fix: run from the repository root, or regenerate it with "
                                 "python datasets/make_minilm_dataset.py")
-    analysis = analyze(dataset, figures, quick=quick, progress=progress)
+    analysis = analyze(dataset, figures, quick=quick, equivariance=equivariance, progress=progress)
     written = [p for p in analysis.files if p.suffix == ".png"]
     for name, target in (("analysis.nc", "analysis.nc"), ("report.md", "analysis.md")):
         os.replace(figures / name, results / target)
