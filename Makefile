@@ -42,6 +42,12 @@ test: $(VENV)/.test-deps
 # Benchmarks write paper/results/*.json. torch is an optional peer.
 bench: $(VENV)/.test-deps
 	$(BIN)/python paper/benchmarks/cpu_attention.py
+	$(BIN)/python paper/benchmarks/attention_cost.py
+	$(BIN)/python paper/benchmarks/interpretation.py
+	$(BIN)/python paper/benchmarks/correlation.py
+	$(BIN)/python paper/benchmarks/minilm_forward.py
+	$(BIN)/python paper/benchmarks/scale.py
+	$(BIN)/python paper/benchmarks/gpu_attention.py  # exits with a message where no GPU is present
 
 # Every figure and table of paper/paper.md, from the shipped data and paper/results/*.json.
 paper: $(VENV)/.run-deps
