@@ -327,7 +327,7 @@ def rollout_rows(q, k, rows, *, residual=0.5, start_layer=0, scale=None, causal=
     scale, causal, mask, score_mod, check_finite
         How each layer's attention is computed, as in :func:`attnkit.attention`.
     lengths : int or array (sample,), optional
-        Valid tokens per sample.
+        Valid tokens per sample; q/k past them (NaN in a dataset) are ignored.
     backend : {"auto", "cpu", "cuda"}
         "auto" runs on the GPU for device arrays.
 
@@ -372,6 +372,9 @@ def rollout_rows(q, k, rows, *, residual=0.5, start_layer=0, scale=None, causal=
     residual = _fraction("residual", residual)
     start = _start_layer(start_layer, n_layers)
     lens = as_lengths("lengths", lengths, q.shape[:1], n)
+    padding = np.arange(n)[None, :] >= lens[:, None]  # (sample, position)
+    if padding.any():  # datasets pad q/k with NaN; the kernels must never see it
+        q, k = (np.where(padding[:, None, None, :, None], 0, x) for x in (q, k))
     out = _rollout_rows_cpu(q, k, idx.astype(np.int64), residual=residual, start=start,
                             lengths=lens, scale=scale, causal=causal, mask=mask,
                             score_mod=score_mod, check_finite=check_finite)

@@ -38,3 +38,17 @@ def test_head_stats_recover_the_planted_roles():
             assert st.entropy.values[layer, head] > 0.99 * st.entropy.values.max()
         if name == "positional":
             assert st.self_mass.values[layer, head] > 0.25
+
+
+def test_minilm_qk_file_recomputes_its_attention_and_rollout():
+    """q/k stored for the classic sentences give back the stored attention and its rollout."""
+    ds = ak.open_dataset(DATASETS / "minilm" / "minilm_classic_qk.nc")
+    ak.validate(ds)
+    lengths = ds.length.values
+    q, k = ds.q.values, ds.k.values
+    for s in (0, int(lengths.argmax())):
+        m = int(lengths[s])
+        w = np.stack([ak.attention_weights(q[s, l, :, :m], k[s, l, :, :m]) for l in range(6)])
+        np.testing.assert_allclose(w, ds.attention.values[s, :, :, :m, :m], atol=1e-5)
+    rows = ak.rollout_rows(q, k, [0], lengths=lengths)
+    np.testing.assert_allclose(rows[:, 0], ak.rollout(ds).values[:, 0], atol=1e-5, equal_nan=True)
