@@ -57,18 +57,28 @@ def _head(a, length, cls_keys, sep_keys, punct_keys, has_tokens, out):
 
 
 @njit(cache=True, nogil=True)
-def _js_bits(p, q, length):
-    """Jensen-Shannon divergence of two rows in bits (0 = identical, 1 = disjoint)."""
+def _xlogx_rows(heads, length, out):
+    """``out[h, i, j] = p log p`` (0 for p = 0) of every valid weight of one layer."""
+    for h in range(heads.shape[0]):
+        for i in range(length):
+            for j in range(length):
+                p = np.float64(heads[h, i, j])
+                out[h, i, j] = p * np.log(p) if p > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _js_row_nats(p, q, plogp, qlogq, length):
+    """Jensen-Shannon divergence of two rows in nats, from their precomputed p log p.
+
+    JS = 1/2 sum [p log p + q log q - (p + q) log((p + q) / 2)]: one log per
+    entry instead of two.
+    """
     total = 0.0
     for j in range(length):
-        a = np.float64(p[j])
-        b = np.float64(q[j])
-        mid = 0.5 * (a + b)
-        if a > 0.0:
-            total += a * np.log(a / mid)
-        if b > 0.0:
-            total += b * np.log(b / mid)
-    return max(0.5 * total / np.log(2.0), 0.0)
+        mass = np.float64(p[j]) + np.float64(q[j])
+        if mass > 0.0:
+            total += plogp[j] + qlogq[j] - mass * np.log(0.5 * mass)
+    return 0.5 * total
 
 
 @njit(cache=True, parallel=True)
@@ -82,12 +92,16 @@ def head_stats(attn, lengths, cls_keys, sep_keys, punct_keys, has_tokens, out, j
         for h in range(n_heads):
             _head(attn[s, layer, h], length, cls_keys[s], sep_keys[s], punct_keys[s],
                   has_tokens, out[s, layer, h])
+        xlogx = np.empty((n_heads, length, length))
+        _xlogx_rows(attn[s, layer], length, xlogx)
         for h1 in range(n_heads):
             js[s, layer, h1, h1] = 0.0 if length > 0 else np.nan
             for h2 in range(h1 + 1, n_heads):
                 total = 0.0
                 for i in range(length):
-                    total += _js_bits(attn[s, layer, h1, i], attn[s, layer, h2, i], length)
-                value = total / length if length > 0 else np.nan
+                    total += _js_row_nats(attn[s, layer, h1, i], attn[s, layer, h2, i],
+                                          xlogx[h1, i], xlogx[h2, i], length)
+                # bits, clipped at 0 against rounding
+                value = max(total / (length * np.log(2.0)), 0.0) if length > 0 else np.nan
                 js[s, layer, h1, h2] = value
                 js[s, layer, h2, h1] = value
