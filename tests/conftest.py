@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -21,17 +20,11 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-_SEED_ENV = "ATTNKIT_TEST_SEED"
+from seeds import SEED_ENV as _SEED_ENV, fresh_seed  # noqa: E402  (tests/ is on sys.path now)
 
 # On a machine with a GPU, backend="auto" would send every host-array test to the CUDA
 # kernels; keep them on the CPU (the CUDA tests ask for backend="cuda" or pass device arrays).
 os.environ.setdefault("ATTNKIT_AUTO_BACKEND", "cpu")
-
-
-def fresh_seed() -> int:
-    """A new random seed, or the one in $ATTNKIT_TEST_SEED to replay a failure."""
-    fixed = os.environ.get(_SEED_ENV)
-    return int(fixed) if fixed else secrets.randbits(63)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import attnkit as ak
 import reference
 from attnkit import data as akdata
 from attnkit_cli.main import cli
-from conftest import fresh_seed
+from seeds import fresh_seed
 
 
 # ----------------------------------------------------------------------------- expectations

@@ -20,7 +20,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import attnkit as ak
 import reference
-from conftest import fresh_seed
+from seeds import fresh_seed
 
 HEADS = 4
 ALIBI = ak.positional.alibi(ak.positional.alibi_slopes(HEADS))
