@@ -1,0 +1,91 @@
+"""The CPU kernels' float32 micro-kernels and row operations, against NumPy."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from attnkit.kernels.cpu import gemm
+from attnkit.kernels.cpu.rowops import exp_shifted, row_max
+
+
+@njit(cache=False)
+def _scores(qs, k, block_k, zk, k0, k1):
+    kp = gemm.pack_keys(k, block_k)
+    s = np.full((qs.shape[0], k1 - k0), 7.0, dtype=qs.dtype)
+    gemm.score_tile(qs, k, kp, zk, k0, k1, block_k, s)
+    return s
+
+
+@njit(cache=False)
+def _accumulate(prob, v, zk, k0, acc, alphas):
+    scratch = np.empty(prob.shape[0] * v.shape[2], dtype=prob.dtype)
+    gemm.accumulate_tile(prob, v, zk, k0, acc, alphas, scratch)
+
+
+@njit(cache=False)
+def _exp(src, shift, dst):
+    return exp_shifted(src, shift, dst)
+
+
+@njit(cache=False)
+def _max(row):
+    return row_max(row)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,d,block_k", [(1, 1, 64), (7, 16, 256), (13, 80, 100), (6, 64, 256)])
+def test_score_tile_matches_numpy(rng, dtype, rows, d, block_k):
+    k = rng.standard_normal((2, 3 * block_k - 5, d)).astype(dtype)
+    qs = rng.standard_normal((rows, d)).astype(dtype)
+    for t in range(3):  # full tiles and the ragged last one
+        k0, k1 = t * block_k, min((t + 1) * block_k, k.shape[1])
+        got = _scores(qs, k, block_k, 1, k0, k1)
+        want = qs.astype(np.float64) @ k[1, k0:k1].T.astype(np.float64)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(d))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,bk,dv", [(1, 1, 1), (5, 37, 16), (13, 256, 80), (6, 64, 130)])
+def test_accumulate_tile_matches_numpy(rng, dtype, rows, bk, dv):
+    v = rng.standard_normal((2, bk + 9, dv)).astype(dtype)
+    prob = rng.random((rows, bk)).astype(dtype)
+    acc = rng.standard_normal((rows + 2, dv)).astype(dtype)  # rows past `rows` stay
+    alphas = rng.random(rows).astype(dtype)
+    want = acc.astype(np.float64).copy()
+    want[:rows] = alphas[:, None] * want[:rows] + prob.astype(np.float64) @ v[1, 4:4 + bk]
+    _accumulate(prob, v, 1, 4, acc, alphas)
+    np.testing.assert_allclose(acc, want, rtol=1e-5, atol=1e-5 * np.sqrt(bk))
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 100, 256, 300])
+def test_exp_shifted_float32(rng, n):
+    src = (rng.standard_normal(n) * 20).astype(np.float32)
+    if n > 2:
+        src[0], src[1] = -np.inf, -200.0
+    shift = float(src.max()) if n else 0.0
+    dst = np.full(n + 3, 5.0, dtype=np.float32)
+    total = _exp(src, shift, dst[:n])
+    x = (src - np.float32(shift)).astype(np.float64)
+    want = np.where(x < -87, 0.0, np.exp(x))
+    np.testing.assert_allclose(dst[:n], want, rtol=3e-7, atol=0)
+    assert np.all(dst[n:] == 5.0)  # nothing written past the row
+    assert total == pytest.approx(want.sum(), rel=1e-6, abs=1e-30)
+    if n > 2:
+        assert dst[0] == 0.0 and dst[1] == 0.0
+        src[2] = np.nan
+        _exp(src, shift, dst[:n])
+        assert np.isnan(dst[2]) and not np.isnan(dst[3:n]).any()
+
+
+@pytest.mark.parametrize("n", [1, 16, 31, 33, 64, 257])
+def test_row_max_float32(rng, n):
+    row = rng.standard_normal(n).astype(np.float32)
+    assert _max(row) == row.max()
+    assert _max(row[::2]) == row[::2].max()  # strided rows take the plain loop
+    row[:] = -np.inf
+    assert _max(row) == -np.inf
+    row[n - 1] = 2.0
+    assert _max(row) == 2.0
+    row[n // 2] = np.nan
+    assert np.isnan(_max(row))
+    assert _max(np.empty(0, dtype=np.float32)) == -np.inf
