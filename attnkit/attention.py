@@ -194,7 +194,8 @@ def attention(
     """
     target = _choose_backend(backend, q=q, k=k, v=v)
     if v is None:
-        raise TypeError("v: expected an array of values (..., m, dv), got None.")
+        raise TypeError("v: expected an array of values (..., m, dv), got None. Fix: pass v, or "
+                        "use ak.attention_weights / ak.attention_stats for weights without values.")
     p = prepare(
         q, k, v, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
         q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite, target=target,

@@ -62,7 +62,8 @@ def _flow_numpy(attn, *, sources, lengths, head_fusion, residual, discard_ratio,
     batch_shape = aug.shape[:-3]
     lens = as_lengths("lengths", lengths, batch_shape, n)
     src = _sources(sources, n)
-    flat = np.ascontiguousarray(aug.reshape((-1,) + aug.shape[-3:]))
+    flat = np.ascontiguousarray(aug.reshape((int(np.prod(batch_shape, dtype=np.int64)),)
+                                            + aug.shape[-3:]))
     out = np.full((flat.shape[0], n, n), np.nan)
     if flat.size and src.size:
         kernels.attention_flow(flat, lens, src, normalize, out)
