@@ -11,11 +11,14 @@ child process so that
 
 FLOPs follow DESIGN.md: ``4 * B * H * d * pairs`` where ``pairs`` counts the
 (query, key) pairs the mask allows (``n * m`` dense, about half causal).
-Times are medians of repeated runs after a warm-up.
+Times are medians of repeated runs after a warm-up, pooled over rounds that
+alternate the methods case by case (``--rounds``), so that a shared machine's
+changing load does not favour whichever method ran in a quiet moment; the
+1-minute load average at the start and end is recorded.
 
 Usage::
 
-    python paper/benchmarks/cpu_attention.py            # full run (~10 min on 2 cores)
+    python paper/benchmarks/cpu_attention.py            # full run (~15 min on 2 cores)
     python paper/benchmarks/cpu_attention.py --quick    # small sizes, seconds
 """
 
@@ -133,19 +136,29 @@ def child(method: str, kind: str, n: int, reps: int) -> dict:
 
 
 # ------------------------------------------------------------------ parent
-def run_case(method: str, kind: str, n: int, reps: int, timeout: float) -> dict:
+def run_child(method: str, kind: str, n: int, reps: int, timeout: float) -> dict:
+    """One child process: its times and peak memory, or {"error": ...}."""
     cmd = [sys.executable, __file__, "--child", method, kind, str(n), str(reps)]
-    record = {"method": method, "mask": kind, "B": B, "H": H, "n": n, "m": n, "d": D,
-              "dtype": "float32"}
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
-        record.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        return json.loads(out.stdout.strip().splitlines()[-1])
     except subprocess.TimeoutExpired:
-        record["error"] = f"timed out after {timeout:.0f} s"
-        return record
+        return {"error": f"timed out after {timeout:.0f} s"}
     except subprocess.CalledProcessError as exc:
-        record["error"] = (exc.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"error": (exc.stderr.strip().splitlines() or ["failed"])[-1]}
+
+
+def finish_record(method: str, kind: str, n: int, runs: list[dict]) -> dict:
+    """Merge the rounds of one (method, case): all times, the largest peak."""
+    record = {"method": method, "mask": kind, "B": B, "H": H, "n": n, "m": n, "d": D,
+              "dtype": "float32", "rounds": len(runs)}
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        record["error"] = failed[0]
         return record
+    record["times_s"] = [t for r in runs for t in r["times_s"]]
+    peaks = [r["peak_extra_mb"] for r in runs]
+    record["peak_extra_mb"] = None if None in peaks else max(peaks)
     med = statistics.median(record["times_s"])
     flops = 4 * B * H * D * allowed_pairs(kind, n)
     record.update(median_s=med, gflops=flops / med / 1e9)
@@ -221,8 +234,13 @@ def render_markdown(result: dict) -> str:
         "",
         f"Run {result['date']} on {mach['cpu']} ({mach['cores']} cores, Numba threads "
         f"{mach['numba_threads']}); numba {mach['numba']}, numpy {mach['numpy']}, "
-        f"torch {mach['torch']}. B={B}, H={H}, d={D}, float32. Medians of repeated runs; "
+        f"torch {mach['torch']}. B={B}, H={H}, d={D}, float32. Medians of repeated runs "
+        f"over {result.get('rounds', 1)} rounds that alternate the methods; "
         "GFLOP/s count only the (query, key) pairs the mask allows. "
+        + (f"1-minute load average {result['load_average_1min']['start']:.1f} at the start, "
+           f"{result['load_average_1min']['end']:.1f} at the end (on {mach['cores']} cores: "
+           "values above it mean other work shared the machine). "
+           if "load_average_1min" in result else "") +
         "Regenerate: `python paper/benchmarks/cpu_attention.py`.",
         "",
     ]
@@ -246,6 +264,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
     parser.add_argument("--output", type=Path, default=RESULT)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per case (each method once per round)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -264,26 +284,35 @@ def main() -> None:
     cases = []
     for kind in ("full", "causal", "local"):
         for n in sizes:
-            for method in peers:
-                if method == "numpy" and n > NUMPY_MAX_N:
-                    continue
-                if method == "torch" and kind == "local" and n > 8192:
-                    continue  # dense boolean mask; torch has no banded kernel on CPU
-                cases.append((method, kind, n))
+            methods = [m for m in peers
+                       if not (m == "numpy" and n > NUMPY_MAX_N)
+                       # dense boolean mask; torch has no banded kernel on CPU
+                       and not (m == "torch" and kind == "local" and n > 8192)]
+            cases.append((kind, n, methods))
     records = []
     started = time.time()
-    for i, (method, kind, n) in enumerate(cases, 1):
-        reps = 5 if n <= 4096 else 3
-        rec = run_case(method, kind, n, reps, timeout=900)
-        records.append(rec)
-        shown = (f"{rec['median_s'] * 1e3:9.1f} ms {rec['gflops']:7.1f} GFLOP/s "
-                 f"peak+{rec['peak_extra_mb']:.0f} MB" if "median_s" in rec else rec["error"])
-        print(f"[{i}/{len(cases)}] {method:8s} {kind:6s} n={n:6d} {shown}", flush=True)
+    load_before = os.getloadavg()
+    for i, (kind, n, methods) in enumerate(cases, 1):
+        # Rounds alternate the methods, so a change in the machine's load
+        # (it may be shared) hits every method alike; medians over all rounds.
+        reps = 3 if n <= 4096 else 2
+        runs = {m: [] for m in methods}
+        for _ in range(args.rounds):
+            for m in methods:
+                runs[m].append(run_child(m, kind, n, reps, timeout=900))
+        for m in methods:
+            rec = finish_record(m, kind, n, runs[m])
+            records.append(rec)
+            shown = (f"{rec['median_s'] * 1e3:9.1f} ms {rec['gflops']:7.1f} GFLOP/s "
+                     f"peak+{rec['peak_extra_mb']:.0f} MB" if "median_s" in rec else rec["error"])
+            print(f"[{i}/{len(cases)}] {m:8s} {kind:6s} n={n:6d} {shown}", flush=True)
     result = {
         "benchmark": "cpu_attention",
         "date": time.strftime("%Y-%m-%d"),
         "quick": args.quick,
+        "rounds": args.rounds,
         "wall_s": time.time() - started,
+        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
         "machine": machine(),
         "flops_formula": "4*B*H*d*allowed_pairs (allowed_pairs = n*m dense, n(n+1)/2 causal)",
         "records": records,
