@@ -503,7 +503,7 @@ def _xr_inputs(x, y, dim, lengths, exclude, tokens, over):
         if not isinstance(value, xr.DataArray):
             raise TypeError(f"{name}: expected an xarray.DataArray like the other input, got "
                             f"{type(value).__name__}. Fix: pass two DataArrays, e.g. ds['impact']"
-                            f".sel({'method': 'delete'}), or two NumPy arrays.")
+                            f".sel({{'method': 'delete'}}), or two NumPy arrays.")
         if dim not in value.dims:
             raise errors.value_error(f"{name}.dims", f"a dim named {dim!r}", value.dims,
                                      "pass dim=<the positions' dim name>, or rename it")
