@@ -21,22 +21,11 @@ kernel without a GPU.
 import numpy as np
 from numba import cuda, njit, prange
 
+from ..cpu import masking as _cpu
+from ..cpu.masking import (  # one set of opcodes and tile states for both backends
+    EMPTY, FULL, OP_ALL, OP_AND, OP_CAUSAL, OP_LOCAL, OP_NOT, OP_OR, PARTIAL,
+)
 from ..cpu.masking import tile_state as _cpu_tile_state
-
-# Opcodes: keep in sync with attnkit/masks.py.
-OP_ALL = 0
-OP_CAUSAL = 1
-OP_LOCAL = 2
-OP_STRIDED = 3
-OP_GLOBAL = 4
-OP_BLOCK = 5
-OP_AND = 6
-OP_OR = 7
-OP_NOT = 8
-
-EMPTY = 0
-PARTIAL = 1
-FULL = 2
 
 #: Kernel variants by mask: no mask, band (causal/local ANDs), anything else.
 MASK_NONE = 0
@@ -85,25 +74,8 @@ def mask_kind(ops) -> int:
     return MASK_BAND if is_band(ops) else MASK_GENERAL
 
 
-@cuda.jit(device=True, inline="always")
-def _leaf_allows(op, a, b, c, d, aux, qi, kj):
-    if op == OP_ALL:
-        return True
-    if op == OP_CAUSAL:
-        return kj <= qi + a
-    if op == OP_LOCAL:
-        return abs(qi - kj) < a
-    if op == OP_STRIDED:
-        return (qi - kj) % a == 0
-    if op == OP_GLOBAL:
-        return (qi < c and aux[a + qi] != 0) or (kj < c and aux[a + kj] != 0)
-    if op == OP_BLOCK:
-        r = qi // a
-        s = kj // a
-        if r >= c or s >= d:
-            return False
-        return aux[b + r * d + s] != 0
-    return False
+# The CPU backend's leaf test, compiled as a device function: one definition of each mask.
+_leaf_allows = cuda.jit(device=True, inline="always")(_cpu._leaf_allows.py_func)
 
 
 @cuda.jit(device=True, inline="always")
