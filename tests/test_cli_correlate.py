@@ -32,7 +32,7 @@ def dataset(tmp_path, rng):
         attn.append(a)
         tokens.append(["[CLS]"] + [f"w{i}" for i in range(1, n - 1)] + ["[SEP]"])
         raw = a[1, :, 0, :].mean(0)
-        impact[s, :n, 0] = raw + 0.01 * rng.standard_normal(n)  # "delete": tracks layer 1
+        impact[s, :n, 0] = raw + 1e-4 * rng.standard_normal(n)  # "delete": tracks layer 1
         impact[s, :n, 1] = rng.standard_normal(n)  # "mask": noise
     ds = ak.from_arrays(attn, tokens=tokens, model="toy")
     ds["impact"] = xr.DataArray(impact, dims=("sample", "position", "method"),
