@@ -430,6 +430,34 @@ def test_return_lse(rng, dtype):
     assert_allclose(lse, np.log(np.exp(s).sum(-1)), **TOL_WIDE[dtype])
 
 
+# ------------------------------------------- online softmax: rising maxima
+@pytest.mark.parametrize("jump", [0.5, 12.0, 150.0], ids=["keep-shift", "rescale", "redo"])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_rising_row_maxima_match_reference(rng, jump, dtype):
+    """Each key tile scores ``jump`` higher than the one before it.
+
+    float32 tiles after a row's first exponentiate against its previous
+    maximum: a rise below 8 keeps that shift, a larger one rescales the row,
+    and one past 80 redoes the tile unfused. Every path must give the exact
+    softmax, with lse, at any magnitude.
+    """
+    n, m, d = 70, 3 * 256 + 40, 16
+    q = np.zeros((2, n, d))
+    q[..., 0] = 1.0
+    q[..., 1:] = 0.1 * randn(rng, (2, n, d - 1))
+    k = randn(rng, (2, m, d))
+    k[..., 0] = jump * np.sqrt(d) * (np.arange(m) // 256)  # one score level per key tile
+    v = randn(rng, (2, m, d))
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    out, lse = ak.attention(q, k, v, return_lse=True, backend="cpu")
+    want, want_lse = reference.attention(q.astype(F64), k.astype(F64), v.astype(F64))
+    assert np.isfinite(out).all() and np.isfinite(lse).all()
+    # Scores reach 3 * jump: their own rounding (3 * jump * eps) bounds the accuracy.
+    tol = TOL[dtype]["atol"] + 3 * jump * np.finfo(dtype).eps
+    assert_allclose(out, want, rtol=tol, atol=tol)
+    assert_allclose(lse, want_lse, rtol=tol, atol=tol)
+
+
 # ------------------------------------------------------ layouts and dtypes
 def test_non_contiguous_inputs(rng):
     n, m, d = 70, 130, 16

@@ -6,6 +6,7 @@ from numba import njit
 
 from attnkit.kernels.cpu import gemm
 from attnkit.kernels.cpu.rowops import exp_shifted, row_max
+from attnkit.kernels.cpu.vector_ir import EXP_FLOOR
 
 
 @njit(cache=False)
@@ -20,6 +21,18 @@ def _scores(qs, k, block_k, zk, k0, k1):
 def _accumulate(prob, v, zk, k0, acc, alphas):
     scratch = np.empty(prob.shape[0] * v.shape[2], dtype=prob.dtype)
     gemm.accumulate_tile(prob, v, zk, k0, acc, alphas, scratch)
+
+
+@njit(cache=False)
+def _score_exp(qs, k, block_k, zk, k0, k1, shift):
+    kp = gemm.pack_keys(k, block_k)
+    rows = qs.shape[0]
+    p = np.full((rows, k1 - k0), 7.0, dtype=qs.dtype)
+    red = np.empty(32 * rows, dtype=qs.dtype)
+    tmax = np.empty(rows, dtype=qs.dtype)
+    tsum = np.empty(rows, dtype=qs.dtype)
+    gemm.score_exp_tile(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum)
+    return p, tmax, tsum
 
 
 @njit(cache=False)
@@ -45,6 +58,24 @@ def test_score_tile_matches_numpy(rng, dtype, rows, d, block_k):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,d,block_k", [(1, 1, 64), (7, 16, 256), (13, 80, 100), (64, 64, 256)])
+def test_score_exp_tile_matches_numpy(rng, dtype, rows, d, block_k):
+    """Fused scores + exp: p = exp(s - shift), the row maxima of s and the row sums of p."""
+    k = rng.standard_normal((2, 3 * block_k - 5, d)).astype(dtype)
+    qs = (rng.standard_normal((rows, d)) / np.sqrt(d)).astype(dtype)
+    for t in range(3):  # full tiles and the ragged last one (padded keys must not count)
+        k0, k1 = t * block_k, min((t + 1) * block_k, k.shape[1])
+        s = qs.astype(np.float64) @ k[1, k0:k1].T.astype(np.float64)
+        # Shifts below and above the row maxima, as the online softmax produces them.
+        shift = (s.max(axis=1) + rng.uniform(-8, 3, rows)).astype(dtype)
+        p, tmax, tsum = _score_exp(qs, k, block_k, 1, k0, k1, shift)
+        want = np.exp(s - shift.astype(np.float64)[:, None])
+        np.testing.assert_allclose(p, want, rtol=2e-6, atol=0)
+        np.testing.assert_allclose(tmax, s.max(axis=1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(tsum, want.sum(axis=1), rtol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows,bk,dv", [(1, 1, 1), (5, 37, 16), (13, 256, 80), (6, 64, 130)])
 def test_accumulate_tile_matches_numpy(rng, dtype, rows, bk, dv):
     v = rng.standard_normal((2, bk + 9, dv)).astype(dtype)
@@ -66,7 +97,7 @@ def test_exp_shifted_float32(rng, n):
     dst = np.full(n + 3, 5.0, dtype=np.float32)
     total = _exp(src, shift, dst[:n])
     x = (src - np.float32(shift)).astype(np.float64)
-    want = np.where(x < -87, 0.0, np.exp(x))
+    want = np.where(x < EXP_FLOOR, 0.0, np.exp(x))
     np.testing.assert_allclose(dst[:n], want, rtol=3e-7, atol=0)
     assert np.all(dst[n:] == 5.0)  # nothing written past the row
     assert total == pytest.approx(want.sum(), rel=1e-6, abs=1e-30)

@@ -23,6 +23,15 @@ from run to run and for any number of threads. float32 tile products use
 the register-blocked micro-kernels of :mod:`.gemm` (keys packed once per
 call, values read in place); float64 ones go through BLAS via ``np.dot`` on
 contiguous blocks (zero-copy views of the flat inputs).
+
+The forward pass fuses the exponential into the score product on FULL tiles
+once every row of the query tile has a finite running maximum: the scores
+are exponentiated against that maximum as they leave the registers, and a
+row is rescaled only when a tile raises its maximum by more than
+:data:`RESCALE_ABOVE` (conditional rescaling, as in FlashAttention-4). The
+first tile of each row, masked (PARTIAL) tiles, user score_mods and tiles
+whose maximum jumps by more than :data:`REDO_ABOVE` take the unfused path:
+scores, row maximum, then the exponential.
 """
 
 import functools
@@ -31,8 +40,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .gemm import accumulate_tile, pack_keys, score_tile
-from .masking import EMPTY, PARTIAL, mask_tile, tile_state
+from .gemm import accumulate_tile, pack_keys, score_exp_tile, score_tile
+from .masking import EMPTY, FULL, PARTIAL, mask_tile, tile_state
 from .rowops import add_row, exp_shifted, row_max
 
 
@@ -73,6 +82,45 @@ def _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux):
             for j in range(s.shape[1]):
                 if s[i, j] != -np.inf:
                     s[i, j] = score_mod(s[i, j], b, h, q0 + i, k0 + j)
+
+
+#: A fused tile keeps the row's previous maximum as its exp shift while the tile's
+#: maximum stays within this of it (probabilities up to e**8 ~ 3e3, harmless in
+#: float32); past it the row is rescaled to the new maximum.
+RESCALE_ABOVE = 8.0
+#: Past this the fused tile's exponentials may have overflowed: the tile is redone.
+REDO_ABOVE = 80.0
+
+
+@njit(cache=True, nogil=True)
+def _fused_online_tile(qs, k, kp, zk, k0, k1, block_k, m_i, l_i, prob, alphas, red, tmax, tsum):
+    """One FULL tile of the online softmax with the exp fused into the score product.
+
+    The shift of each row is its running maximum ``m_i`` (all finite: every
+    row has seen a tile), so no separate max pass is needed; rows whose new
+    maximum exceeds it by more than :data:`RESCALE_ABOVE` are rescaled. Updates
+    ``m_i``, ``l_i``, ``alphas`` and ``prob`` like the unfused path and returns
+    True, or returns False without touching them when some row's scores rose
+    by more than :data:`REDO_ABOVE` (the caller then takes the unfused path).
+    """
+    rows = prob.shape[0]
+    score_exp_tile(qs, k, kp, zk, k0, k1, block_k, m_i, prob, red, tmax, tsum)
+    for i in range(rows):
+        if tmax[i] - m_i[i] > REDO_ABOVE:
+            return False
+    for i in range(rows):
+        total = np.float64(tsum[i])
+        if tmax[i] - m_i[i] > RESCALE_ABOVE:
+            c = np.exp(m_i[i] - tmax[i])
+            for j in range(prob.shape[1]):
+                prob[i, j] *= c
+            total *= c
+            m_i[i] = tmax[i]
+            alphas[i] = c
+        else:
+            alphas[i] = 1.0
+        l_i[i] = l_i[i] * alphas[i] + total
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -118,6 +166,10 @@ def flash_forward(
             p_buf = np.empty(valid_q * block_k, dtype=dt)
             pv_buf = np.empty(valid_q * dv, dtype=dt)
             alphas = np.empty(valid_q, dtype=dt)
+            red = np.empty(32 * valid_q, dtype=dt)
+            tmax = np.empty(valid_q, dtype=dt)
+            tsum = np.empty(valid_q, dtype=dt)
+            all_started = False  # every row has a finite running maximum
             m_len = kv_len[z]
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
@@ -125,9 +177,15 @@ def flash_forward(
                 if state == EMPTY:
                     continue
                 bk = k1 - k0
+                prob = _tile_view(p_buf, valid_q, bk)
+                if (not HAS_SCORE_MOD and state == FULL and all_started
+                        and _fused_online_tile(qs, k, kp, zk, k0, k1, block_k, m_i, l_i, prob,
+                                               alphas, red, tmax, tsum)):
+                    if with_values:
+                        accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf)
+                    continue
                 s = _tile_view(s_buf, valid_q, bk)
                 _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux)
-                prob = _tile_view(p_buf, valid_q, bk)
                 for i in range(valid_q):
                     tile_max = row_max(s[i])
                     # NaN-aware max (builtin max(-inf, nan) is -inf): NaN poisons the row.
@@ -139,6 +197,10 @@ def flash_forward(
                     alphas[i] = np.exp(m_i[i] - m_new)
                     l_i[i] = l_i[i] * alphas[i] + exp_shifted(s[i], m_new, prob[i])
                     m_i[i] = m_new
+                all_started = True
+                for i in range(valid_q):
+                    if m_i[i] == -np.inf or m_i[i] != m_i[i]:
+                        all_started = False
                 if with_values:
                     accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf)
         for i in range(bq):

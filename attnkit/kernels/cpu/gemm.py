@@ -3,194 +3,107 @@
 OpenBLAS reaches about half of the machine's FMA rate on attention's small
 tiles (64 queries x 256 keys, d = 64): every call packs both operands and the
 products are too small to amortise it. Here the key tiles are packed once per
-call of a kernel (:func:`pack_keys`) and two micro-kernels, written directly in
-LLVM vector IR, do the arithmetic:
+call of a kernel (:func:`pack_keys`) and micro-kernels written directly in
+LLVM vector IR (:mod:`.vector_ir`) do the arithmetic:
 
-* :func:`_block` computes an ``MR x (NV * 16)`` block ``C = A @ B`` (or
-  ``C = beta[:, None] * C + A @ B``) with the whole block held in ``MR * NV``
-  vector registers; each step of the reduction loads ``NV`` vectors of ``B``,
-  broadcasts ``MR`` scalars of ``A`` and issues ``MR * NV`` fused multiply-adds.
-  Rows past ``rows`` and columns past ``ncols`` are neither read nor written
-  (masked loads and stores), so ragged tiles need no padding or copies.
-* The functions that use them carry the LLVM attributes
-  ``"min-legal-vector-width"="512"`` and ``"prefer-vector-width"="512"`` (see
-  :func:`wide_vectors`): LLVM's default tuning for AVX-512 cores splits
-  512-bit vectors into two 256-bit halves, which halves the FMA rate on cores
-  with two 512-bit FMA units.
+* Each computes an ``MR x (NV * 16)`` block ``C = A @ B`` with the whole
+  block held in ``MR * NV`` vector registers; each step of the reduction loads
+  ``NV`` vectors of ``B``, broadcasts ``MR`` scalars of ``A`` and issues
+  ``MR * NV`` fused multiply-adds. Rows past ``rows`` and columns past
+  ``ncols`` are not written (masked stores), so ragged tiles need no copies.
+* ``B`` is read with plain loads wherever all ``NV * 16`` columns are
+  readable (packed keys are zero-padded; full value blocks): a masked load
+  costs an extra vector-port operation next to the FMAs, and dropping them
+  took the products from ~95 to ~120 GFLOP/s on the reference machine.
+* Epilogues: :func:`block_mul` stores ``C``; :func:`block_mul_acc` computes
+  ``C = beta[:, None] * C + A @ B`` (the value product of the online softmax);
+  :func:`block_score_exp` stores ``exp(C - shift[:, None])`` and folds row
+  maxima and sums, so the online softmax needs no separate pass over the
+  scores (:func:`score_exp_tile`).
 
 Each output element is a fixed sequence of FMAs (reduction index ascending),
 so results do not depend on threads or on the machine's load. The
 micro-kernels are float32 only; float64 tiles keep ``np.dot`` (BLAS), chosen
-by the dtype at compile time (see :func:`score_tile` and
-:func:`accumulate_tile`).
+by the dtype at compile time (see :func:`score_tile`, :func:`score_exp_tile`
+and :func:`accumulate_tile`).
 """
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
+
+from .vector_ir import LANES, VectorBuilder, is_f32_array, wide_vectors
 
 #: Rows of A (queries) per micro-kernel call and vectors of 16 float32 lanes per row.
 MR = 6
 NV = 4
 #: Columns per block (keys of a packed panel, or value columns).
-NR = NV * 16
-
-_LANES = 16
-_F32 = ir.FloatType()
-_I1 = ir.IntType(1)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_VEC = ir.VectorType(_F32, _LANES)
-_VPTR = ir.PointerType(_VEC)
-_MASK = ir.VectorType(_I1, _LANES)
-_WIDE_ATTRIBUTES = ('"min-legal-vector-width"="512"', '"prefer-vector-width"="512"')
+NR = NV * LANES
 
 
-def _widen(function):
-    # llvmlite only accepts the enum attributes it knows; string attributes go
-    # into the same set and are printed verbatim in the function header.
-    for attribute in _WIDE_ATTRIBUTES:
-        set.add(function.attributes, attribute)
+def _product_args(vb, args, argtys, mr, nv, b_padded):
+    """Pointers, strides and the register-blocked product shared by every block intrinsic.
+
+    The first twelve arguments are always ``a, a_off, lda, b, b_off, ldb, c,
+    c_off, ldc, kdim, rows, ncols``. With ``b_padded`` every row of B has
+    ``16 nv`` readable columns (zero past ``ncols``), so B is read with plain
+    loads. Returns ``(final, c_rows, masks, rows)``: the accumulators, a
+    pointer to each row of C and the column masks.
+    """
+    b = vb.builder
+    pa = vb.data(args, argtys, 0, vb.arg_i64(args, argtys, 1))
+    pb = vb.data(args, argtys, 3, vb.arg_i64(args, argtys, 4))
+    pc = vb.data(args, argtys, 6, vb.arg_i64(args, argtys, 7))
+    lda, ldb, ldc = (vb.arg_i64(args, argtys, i) for i in (2, 5, 8))
+    kdim, rows, ncols = (vb.arg_i64(args, argtys, i) for i in (9, 10, 11))
+    masks = [vb.lanes_below(b.sub(ncols, vb.i64(v * LANES))) for v in range(nv)]
+    final = vb.block_product(pa, lda, pb, ldb, kdim, rows, mr, nv, None if b_padded else masks,
+                             f"block{mr}x{nv * LANES}")
+    c_rows = [b.gep(pc, [b.mul(vb.i64(r), ldc)]) for r in range(mr)]
+    return final, c_rows, masks, rows
 
 
-@intrinsic
-def wide_vectors(typingctx):
-    """Let LLVM use 512-bit vectors in the calling function (no code of its own)."""
-
-    def codegen(context, builder, signature, args):
-        _widen(builder.function)
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
-def _declare(module, name, ret, args):
-    existing = module.globals.get(name)
-    if existing is not None:
-        return existing
-    return ir.Function(module, ir.FunctionType(ret, args), name)
-
-
-def _make_block(mr, nv, scale_c):
+def _make_block(mr, nv, scale_c, b_padded):
     """An intrinsic computing one ``mr x (16 nv)`` block; see the module docstring."""
-    name = f"block_{mr}x{nv * _LANES}{'_acc' if scale_c else ''}"
 
     def typer(typingctx, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, kdim, rows, ncols,
               beta, beta_off):
-        for arr in (a, b, c, beta):
-            if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
-                return None
+        if not is_f32_array(a, b, c, beta):
+            return None
         sig = types.void(a, a_off, lda, b, b_off, ldb, c, c_off, ldc, kdim, rows, ncols,
                          beta, beta_off)
 
         def codegen(context, builder, signature, args):
             argtys = signature.args
-            _widen(builder.function)
-            module = builder.module
-            fma = _declare(module, "llvm.fma.v16f32", _VEC, [_VEC, _VEC, _VEC])
-            mload = _declare(module, "llvm.masked.load.v16f32.p0", _VEC,
-                             [_VPTR, _I32, _MASK, _VEC])
-            mstore = _declare(module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
-                              [_VEC, _VPTR, _I32, _MASK])
-
-            def as_i64(i):
-                return context.cast(builder, args[i], argtys[i], types.int64)
-
-            def base(i):
-                data = context.make_array(argtys[i])(context, builder, args[i]).data
-                return builder.gep(data, [as_i64(i + 1)])
-
-            pa, pb, pc = base(0), base(3), base(6)
-            lda_, ldb_, ldc_ = as_i64(2), as_i64(5), as_i64(8)
-            kdim_, rows_, ncols_ = as_i64(9), as_i64(10), as_i64(11)
-            const = lambda x: ir.Constant(_I64, x)  # noqa: E731
-            align = ir.Constant(_I32, 4)
-            zero = ir.Constant(_VEC, [0.0] * _LANES)
-            undef = ir.Constant(_VEC, ir.Undefined)
-            splat_idx = ir.Constant(ir.VectorType(_I32, _LANES), [0] * _LANES)
-
-            def splat(x, undef_v):
-                one = builder.insert_element(undef_v, x, ir.Constant(_I32, 0))
-                return builder.shuffle_vector(one, undef_v, splat_idx)
-
-            # Rows past `rows` read the last valid row (and are not stored).
-            last = builder.sub(rows_, const(1))
-            a_rows = []
-            for r in range(mr):
-                rr = builder.select(builder.icmp_signed("<", const(r), rows_), const(r), last)
-                a_rows.append(builder.gep(pa, [builder.mul(rr, lda_)]))
-            lane = ir.Constant(ir.VectorType(_I64, _LANES), list(range(_LANES)))
-            undef_i = ir.Constant(ir.VectorType(_I64, _LANES), ir.Undefined)
-            masks = [builder.icmp_signed("<", lane,
-                                         splat(builder.sub(ncols_, const(v * _LANES)), undef_i))
-                     for v in range(nv)]
-
-            def vload(ptr, v):
-                return builder.call(mload, [builder.bitcast(ptr, _VPTR), align, masks[v], zero])
-
-            def vstore(val, ptr, v):
-                builder.call(mstore, [val, builder.bitcast(ptr, _VPTR), align, masks[v]])
-
-            entry = builder.block
-            loop = builder.append_basic_block(name + ".loop")
-            done = builder.append_basic_block(name + ".done")
-            builder.cbranch(builder.icmp_signed(">", kdim_, const(0)), loop, done)
-
-            builder.position_at_end(loop)
-            kk = builder.phi(_I64)
-            kk.add_incoming(const(0), entry)
-            acc = []
-            for _ in range(mr * nv):
-                phi = builder.phi(_VEC)
-                phi.add_incoming(zero, entry)
-                acc.append(phi)
-            b_row = builder.gep(pb, [builder.mul(kk, ldb_)])
-            bvec = [vload(builder.gep(b_row, [const(v * _LANES)]), v) for v in range(nv)]
-            new = []
-            for r in range(mr):
-                av = splat(builder.load(builder.gep(a_rows[r], [kk])), undef)
-                for v in range(nv):
-                    new.append(builder.call(fma, [av, bvec[v], acc[r * nv + v]]))
-            kk_next = builder.add(kk, const(1))
-            tail = builder.block
-            kk.add_incoming(kk_next, tail)
-            for phi, x in zip(acc, new):
-                phi.add_incoming(x, tail)
-            builder.cbranch(builder.icmp_signed("<", kk_next, kdim_), loop, done)
-
-            builder.position_at_end(done)
-            final = []
-            for i in range(mr * nv):
-                phi = builder.phi(_VEC)
-                phi.add_incoming(zero, entry)
-                phi.add_incoming(new[i], tail)
-                final.append(phi)
+            vb = VectorBuilder(context, builder)
+            final, c_rows, masks, rows_ = _product_args(vb, args, argtys, mr, nv, b_padded)
             if scale_c:
-                pbeta = base(12)
+                pbeta = vb.data(args, argtys, 12, vb.arg_i64(args, argtys, 13))
             for r in range(mr):
-                with builder.if_then(builder.icmp_signed("<", const(r), rows_), likely=True):
-                    c_row = builder.gep(pc, [builder.mul(const(r), ldc_)])
+                with builder.if_then(builder.icmp_signed("<", vb.i64(r), rows_), likely=True):
                     if scale_c:
-                        beta_r = splat(builder.load(builder.gep(pbeta, [const(r)])), undef)
+                        beta_r = vb.splat(builder.load(builder.gep(pbeta, [vb.i64(r)])))
                     for v in range(nv):
-                        ptr = builder.gep(c_row, [const(v * _LANES)])
+                        ptr = builder.gep(c_rows[r], [vb.i64(v * LANES)])
                         val = final[r * nv + v]
                         if scale_c:
-                            val = builder.call(fma, [vload(ptr, v), beta_r, val])
-                        vstore(val, ptr, v)
+                            val = vb.fma(vb.load(ptr, masks[v]), beta_r, val)
+                        vb.store(val, ptr, masks[v])
             return context.get_dummy_value()
 
         return sig, codegen
 
-    typer.__name__ = name
+    typer.__name__ = f"block_{mr}x{nv * LANES}{'_acc' if scale_c else ''}{'_padded' if b_padded else ''}"
     return intrinsic(typer)
 
 
-#: ``C[r, :ncols] = sum_k A[r, k] B[k, :ncols]`` for ``r < rows`` (element offsets, row strides).
-block_mul = _make_block(MR, NV, False)
+#: ``C[r, :ncols] = sum_k A[r, k] B[k, :ncols]`` for ``r < rows`` (element offsets, row
+#: strides); every row of B must have NR readable columns (packed keys are zero-padded).
+block_mul = _make_block(MR, NV, False, True)
 #: ``C[r, :ncols] = beta[r] C[r, :ncols] + sum_k A[r, k] B[k, :ncols]``.
-block_mul_acc = _make_block(MR, NV, True)
+block_mul_acc = _make_block(MR, NV, True, False)
+#: block_mul_acc for ``ncols == NR`` (plain loads of B).
+block_mul_acc_full = _make_block(MR, NV, True, True)
 
 
 def _packs(k):  # pragma: no cover - replaced by the overload
@@ -294,8 +207,13 @@ def _accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf):
             for c0 in range(0, dv, NR):
                 ncols = min(NR, dv - c0)
                 for i0 in range(0, rows, MR):
-                    block_mul_acc(prob, i0 * bk, bk, v, v_base + c0, dv, acc, i0 * dv + c0, dv,
-                                  bk, min(MR, rows - i0), ncols, alphas, i0)
+                    if ncols == NR:
+                        block_mul_acc_full(prob, i0 * bk, bk, v, v_base + c0, dv, acc,
+                                           i0 * dv + c0, dv, bk, min(MR, rows - i0), ncols,
+                                           alphas, i0)
+                    else:
+                        block_mul_acc(prob, i0 * bk, bk, v, v_base + c0, dv, acc, i0 * dv + c0,
+                                      dv, bk, min(MR, rows - i0), ncols, alphas, i0)
 
         return fast
 
@@ -310,3 +228,121 @@ def _accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf):
                 acc[i, c] = acc[i, c] * a + pv[i, c]
 
     return blas
+
+
+def _make_score_exp(full):
+    """An intrinsic for one ``MR x NR`` block of exponentiated scores (see block_score_exp)."""
+
+    def typer(typingctx, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, kdim, rows, ncols,
+              shift, shift_off, red, red_off):
+        if not is_f32_array(a, b, c, shift, red):
+            return None
+        sig = types.void(a, a_off, lda, b, b_off, ldb, c, c_off, ldc, kdim, rows, ncols,
+                         shift, shift_off, red, red_off)
+
+        def codegen(context, builder, signature, args):
+            argtys = signature.args
+            vb = VectorBuilder(context, builder)
+            final, c_rows, masks, rows_ = _product_args(vb, args, argtys, MR, NV, True)
+            pshift = vb.data(args, argtys, 12, vb.arg_i64(args, argtys, 13))
+            pred = vb.data(args, argtys, 14, vb.arg_i64(args, argtys, 15))
+            for r in range(MR):
+                with builder.if_then(builder.icmp_signed("<", vb.i64(r), rows_), likely=True):
+                    sh = vb.splat(builder.load(builder.gep(pshift, [vb.i64(r)])))
+                    p_max = builder.gep(pred, [vb.i64(2 * LANES * r)])
+                    p_sum = builder.gep(pred, [vb.i64(2 * LANES * r + LANES)])
+                    best, total = vb.load(p_max), vb.load(p_sum)
+                    for v in range(NV):
+                        s = final[r * NV + v]
+                        e = vb.exp(builder.fsub(s, sh), exact_zero=False)
+                        if not full:  # padded keys score 0: keep them out of max and sum
+                            s = builder.select(masks[v], s, vb.neg_inf)
+                            e = builder.select(masks[v], e, vb.zero)
+                        best = vb.max(s, best)
+                        total = builder.fadd(total, e)
+                        vb.store(e, builder.gep(c_rows[r], [vb.i64(v * LANES)]),
+                                 None if full else masks[v])
+                    vb.store(best, p_max)
+                    vb.store(total, p_sum)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    typer.__name__ = f"block_score_exp{'_full' if full else ''}"
+    return intrinsic(typer)
+
+
+#: ``C[r, j] = exp(S[r, j] - shift[shift_off + r])`` for the block ``S = A @ B`` (B packed
+#: keys, ``r < rows``, ``j < ncols``), with the 16-lane partial maxima of ``S`` and partial
+#: sums of ``C`` of row ``r`` folded into ``red[red_off + 32 r :][:16]`` and ``[16:32]``.
+#: ``S - shift`` must stay below 88 for ``C`` to be meaningful (the partial maxima tell
+#: the caller whether it did); arguments below -86 give exp(-86), not 0.
+block_score_exp = _make_score_exp(False)
+#: block_score_exp for ``ncols == NR`` (no column masks).
+block_score_exp_full = _make_score_exp(True)
+
+
+def score_exp_tile(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum):  # pragma: no cover
+    """Scores of a tile, exponentiated against a per-row shift, in one pass.
+
+    ``p[i, j] = exp(s[i, j] - shift[i])`` for ``s = qs @ k[zk, k0:k1].T`` and
+    a C-contiguous ``p`` of shape (rows, k1 - k0); ``tmax[i]`` is the largest
+    ``s[i, :]`` (NaN entries are skipped) and ``tsum[i]`` the sum of
+    ``p[i, :]``. ``red`` is scratch of at least ``32 * rows`` elements. The
+    result is meaningful only where ``tmax[i] - shift[i] < 88``; callers
+    check that and fall back to :func:`score_tile` otherwise.
+    """
+    raise NotImplementedError
+
+
+@overload(score_exp_tile, jit_options={"nogil": True})
+def _score_exp_tile(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum):
+    if qs.dtype == types.float32:
+
+        def fast(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum):
+            wide_vectors()
+            rows, d = qs.shape
+            bk = k1 - k0
+            for i in range(rows):
+                for lane in range(LANES):
+                    red[2 * LANES * i + lane] = -np.inf
+                    red[2 * LANES * i + LANES + lane] = 0.0
+            base = (zk * kp.shape[1] + k0 // block_k) * kp.shape[2] * d * NR
+            for panel in range((bk + NR - 1) // NR):
+                ncols = min(NR, bk - panel * NR)
+                for i0 in range(0, rows, MR):
+                    if ncols == NR:
+                        block_score_exp_full(qs, i0 * d, d, kp, base + panel * d * NR, NR, p,
+                                             i0 * bk + panel * NR, bk, d, min(MR, rows - i0),
+                                             ncols, shift, i0, red, 2 * LANES * i0)
+                    else:
+                        block_score_exp(qs, i0 * d, d, kp, base + panel * d * NR, NR, p,
+                                        i0 * bk + panel * NR, bk, d, min(MR, rows - i0), ncols,
+                                        shift, i0, red, 2 * LANES * i0)
+            for i in range(rows):
+                best = red[2 * LANES * i]
+                total = red[2 * LANES * i + LANES]
+                for lane in range(1, LANES):
+                    x = red[2 * LANES * i + lane]
+                    best = x if x > best else best
+                    total += red[2 * LANES * i + LANES + lane]
+                tmax[i] = best
+                tsum[i] = total
+
+        return fast
+
+    def generic(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum):
+        score_tile(qs, k, kp, zk, k0, k1, block_k, p)
+        for i in range(p.shape[0]):
+            best = -np.inf
+            total = 0.0
+            for j in range(p.shape[1]):
+                s = p[i, j]
+                best = s if s > best else best
+                e = np.exp(s - shift[i])
+                p[i, j] = e
+                total += e
+            tmax[i] = best
+            tsum[i] = total
+
+    return generic

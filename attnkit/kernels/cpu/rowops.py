@@ -3,18 +3,18 @@
 The pip builds of llvmlite have no SVML, so ``np.exp`` in a Numba loop is a
 scalar libm call (~10 ns each), and LLVM does not vectorise a NaN-propagating
 max reduction written in Python. For contiguous float32 rows both are written
-directly in 16-lane LLVM vector IR (Numba intrinsics):
+directly in 16-lane LLVM vector IR (Numba intrinsics built with
+:class:`.vector_ir.VectorBuilder`):
 
 * :func:`row_max`: ``x > m ? x : m`` lanes plus a separate NaN flag (~0.13 ns
   per element on the reference machine, against ~0.9 ns for the Python loop).
-* :func:`exp_shifted`: ``exp(x) = 2**k * p(r)`` with ``k = round(x / ln 2)``
-  (by the ``1.5 * 2**23`` rounding trick), ``r = x - k ln 2`` (Cody-Waite split
-  of ln 2, exact FMAs, no fast-math reassociation) and a degree-6 Taylor
-  polynomial on ``|r| <= ln(2) / 2``; relative error <= 2e-7, about one
-  float32 ulp (~0.4 ns per element, against ~1.6 ns before). Arguments below
-  -87 (including -inf) give exactly 0: ``exp(-87) ~ 1.6e-38`` is below
-  float32's normal range and never matters next to a row maximum of 1. NaN
-  gives NaN, so NaN inputs (``check_finite=False``) propagate.
+* :func:`exp_shifted`: the vector exponential of :meth:`VectorBuilder.exp`
+  (range reduction by ``ln 2`` with exact FMAs, a degree-5 minimax
+  polynomial; relative error <= 2e-7, about 1.5 float32 ulp). Arguments
+  below -86 (including -inf, i.e. masked scores) give exactly 0:
+  ``exp(-86) ~ 4e-38`` is at float32's smallest normal and never matters next
+  to a row maximum of 1. NaN gives NaN, so NaN inputs
+  (``check_finite=False``) propagate.
 
 Other rows (float64, or strided views) use plain loops with ``np.exp``:
 float64 is chosen for accuracy, not speed. Every result is a fixed sequence
@@ -26,16 +26,10 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from . import gemm
-from .gemm import wide_vectors
+from .vector_ir import I64, LANES, VectorBuilder, wide_vectors
 
 # Only flags that keep inf semantics: -inf marks masked scores.
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
-
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693145751953125)
-_LN2_LO = np.float32(1.428606765330187e-06)
-_FLOOR = np.float32(-87.0)
 
 
 def _contiguous_f32(*arrays):
@@ -43,120 +37,55 @@ def _contiguous_f32(*arrays):
                and a.dtype == types.float32 for a in arrays)
 
 
-_MAGIC = 12582912.0  # 1.5 * 2**23: adding it rounds |x| < 2**22 to an integer (in the low bits)
-
-
 @intrinsic
 def _exp_row_f32(typingctx, src, shift, dst):
-    """exp_shifted for contiguous float32 rows, written in 16-lane vector IR.
-
-    Rounding by the 1.5 * 2**23 trick (``t = x log2(e) + M``: ``t - M`` is ``k`` and the low
-    bits of ``t`` are ``k``, so ``2**k`` is ``(bits(t) << 23) + (127 << 23)``),
-    explicit FMAs and no fast-math reassociation (the Cody-Waite split stays
-    exact). NaN survives the clamp (``x < -87 ? -87 : x``) and every step after it.
-    """
+    """exp_shifted for contiguous float32 rows, 16 lanes at a time (see the module docstring)."""
     if not _contiguous_f32(src, dst) or not isinstance(shift, (types.Float, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
-        sty, shty, dty = signature.args
-        gemm._widen(builder.function)
-        module = builder.module
-        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, 16)
-        ivec = ir.VectorType(i32, 16)
-        vptr = ir.PointerType(vec)
-        mask_t = ir.VectorType(i1, 16)
-        fma = gemm._declare(module, "llvm.fma.v16f32", vec, [vec, vec, vec])
-        mload = gemm._declare(module, "llvm.masked.load.v16f32.p0", vec, [vptr, i32, mask_t, vec])
-        mstore = gemm._declare(module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
-                               [vec, vptr, i32, mask_t])
-        src_arr = context.make_array(sty)(context, builder, args[0])
-        dst_arr = context.make_array(dty)(context, builder, args[2])
-        n = builder.extract_value(src_arr.shape, 0)
-        sh = context.cast(builder, args[1], shty, types.float32)
+        argtys = signature.args
+        vb = VectorBuilder(context, builder)
+        n = vb.length(args, argtys, 0)
+        sh = vb.splat(context.cast(builder, args[1], argtys[1], types.float32))
+        psrc, pdst = vb.data(args, argtys, 0), vb.data(args, argtys, 2)
 
-        def splat(x):
-            return ir.Constant(vec, [x] * 16)
-
-        undef = ir.Constant(vec, ir.Undefined)
-        sh_v = builder.shuffle_vector(builder.insert_element(undef, sh, ir.Constant(i32, 0)),
-                                      undef, ir.Constant(ivec, [0] * 16))
-        zero = splat(0.0)
-        floor_v = splat(float(_FLOOR))
-        align = ir.Constant(i32, 4)
-
-        def exp16(x_in, total):
-            x = builder.fsub(x_in, sh_v)
-            low = builder.fcmp_ordered("<", x, floor_v)
-            xc = builder.select(low, floor_v, x)
-            t = builder.call(fma, [xc, splat(float(_LOG2E)), splat(_MAGIC)])
-            kf = builder.fsub(t, splat(_MAGIC))
-            r = builder.call(fma, [kf, splat(-float(_LN2_HI)), xc])
-            r = builder.call(fma, [kf, splat(-float(_LN2_LO)), r])
-            poly = splat(float(np.float32(1.0 / 720.0)))
-            for c in (1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0):
-                poly = builder.call(fma, [poly, r, splat(float(np.float32(c)))])
-            bits = builder.add(builder.shl(builder.bitcast(t, ivec), ir.Constant(ivec, [23] * 16)),
-                               ir.Constant(ivec, [127 << 23] * 16))
-            e = builder.fmul(poly, builder.bitcast(bits, vec))
-            e = builder.select(low, zero, e)
-            return e, builder.fadd(total, e)
-
-        whole = builder.and_(n, ir.Constant(i64, -16))
+        whole = builder.and_(n, vb.i64(-LANES))
         entry = builder.block
         loop = builder.append_basic_block("exprow.loop")
         after = builder.append_basic_block("exprow.after")
-        builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(i64, 0)), loop, after)
+        builder.cbranch(builder.icmp_signed(">", whole, vb.i64(0)), loop, after)
         builder.position_at_end(loop)
-        j = builder.phi(i64)
-        total = builder.phi(vec)
-        j.add_incoming(ir.Constant(i64, 0), entry)
-        total.add_incoming(zero, entry)
-        x_in = builder.load(builder.bitcast(builder.gep(src_arr.data, [j]), vptr))
-        x_in.align = 4
-        e, total_next = exp16(x_in, total)
-        st = builder.store(e, builder.bitcast(builder.gep(dst_arr.data, [j]), vptr))
-        st.align = 4
-        j_next = builder.add(j, ir.Constant(i64, 16))
+        j = builder.phi(I64)
+        total = builder.phi(vb.zero.type)
+        j.add_incoming(vb.i64(0), entry)
+        total.add_incoming(vb.zero, entry)
+        e = vb.exp(builder.fsub(vb.load(builder.gep(psrc, [j])), sh))
+        vb.store(e, builder.gep(pdst, [j]))
+        total_next = builder.fadd(total, e)
+        j_next = builder.add(j, vb.i64(LANES))
         loop_end = builder.block
         j.add_incoming(j_next, loop_end)
         total.add_incoming(total_next, loop_end)
         builder.cbranch(builder.icmp_signed("<", j_next, whole), loop, after)
         builder.position_at_end(after)
-        acc = builder.phi(vec)
-        acc.add_incoming(zero, entry)
+        acc = builder.phi(vb.zero.type)
+        acc.add_incoming(vb.zero, entry)
         acc.add_incoming(total_next, loop_end)
         # Tail (fewer than 16 entries) with masked loads and stores.
         left = builder.sub(n, whole)
         before_tail = builder.block
-        with builder.if_then(builder.icmp_signed(">", left, ir.Constant(i64, 0))):
-            lane = ir.Constant(ir.VectorType(i64, 16), list(range(16)))
-            undef_i = ir.Constant(ir.VectorType(i64, 16), ir.Undefined)
-            left_v = builder.shuffle_vector(
-                builder.insert_element(undef_i, left, ir.Constant(i32, 0)), undef_i,
-                ir.Constant(ivec, [0] * 16))
-            mask = builder.icmp_signed("<", lane, left_v)
-            x_t = builder.call(mload, [builder.bitcast(builder.gep(src_arr.data, [whole]), vptr),
-                                       align, mask, zero])
-            e_t, _ = exp16(x_t, acc)
-            e_t = builder.select(mask, e_t, zero)
-            builder.call(mstore, [e_t, builder.bitcast(builder.gep(dst_arr.data, [whole]), vptr),
-                                  align, mask])
+        with builder.if_then(builder.icmp_signed(">", left, vb.i64(0))):
+            mask = vb.lanes_below(left)
+            e_t = vb.exp(builder.fsub(vb.load(builder.gep(psrc, [whole]), mask), sh))
+            e_t = builder.select(mask, e_t, vb.zero)
+            vb.store(e_t, builder.gep(pdst, [whole]), mask)
             with_tail = builder.fadd(acc, e_t)
             tail_end = builder.block
-        final = builder.phi(vec)
+        final = builder.phi(vb.zero.type)
         final.add_incoming(acc, before_tail)
         final.add_incoming(with_tail, tail_end)
-        # Horizontal sum by halving: a fixed order, so a fixed result.
-        width = 16
-        while width > 1:
-            width //= 2
-            hi = builder.shuffle_vector(
-                final, undef, ir.Constant(ivec, [(t + width) % 16 for t in range(16)]))
-            final = builder.fadd(final, hi)
-        return builder.fpext(builder.extract_element(final, ir.Constant(i32, 0)), ir.DoubleType())
+        return builder.fpext(vb.hsum(final), ir.DoubleType())
 
     return types.float64(src, shift, dst), codegen
 
@@ -206,71 +135,46 @@ def _row_max_f32(typingctx, row):
         return None
 
     def codegen(context, builder, signature, args):
-        (aty,) = signature.args
-        gemm._widen(builder.function)
-        module = builder.module
-        i1, i16, i32, i64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, 16)
-        mask_t = ir.VectorType(i1, 16)
-        mload = gemm._declare(module, "llvm.masked.load.v16f32.p0", vec,
-                              [ir.PointerType(vec), i32, mask_t, vec])
-        arr = context.make_array(aty)(context, builder, args[0])
-        data = arr.data
-        n = builder.extract_value(arr.shape, 0)
-        neg_inf = ir.Constant(vec, [float("-inf")] * 16)
-        no_nan = ir.Constant(mask_t, [0] * 16)
-        lane = ir.Constant(ir.VectorType(i64, 16), list(range(16)))
-        undef_i = ir.Constant(ir.VectorType(i64, 16), ir.Undefined)
-        zeros_i32 = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+        argtys = signature.args
+        vb = VectorBuilder(context, builder)
+        n = vb.length(args, argtys, 0)
+        data = vb.data(args, argtys, 0)
+        mask_t = ir.VectorType(ir.IntType(1), LANES)
+        no_nan = ir.Constant(mask_t, [0] * LANES)
 
         def load(j):
-            left = builder.sub(n, j)
-            spl = builder.shuffle_vector(
-                builder.insert_element(undef_i, left, ir.Constant(i32, 0)), undef_i, zeros_i32)
-            mask = builder.icmp_signed("<", lane, spl)
-            ptr = builder.bitcast(builder.gep(data, [j]), ir.PointerType(vec))
-            return builder.call(mload, [ptr, ir.Constant(i32, 4), mask, neg_inf])
+            return vb.load(builder.gep(data, [j]), vb.lanes_below(builder.sub(n, j)), vb.neg_inf)
 
         entry = builder.block
         loop = builder.append_basic_block("rowmax.loop")
         done = builder.append_basic_block("rowmax.done")
-        builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
+        builder.cbranch(builder.icmp_signed(">", n, vb.i64(0)), loop, done)
         builder.position_at_end(loop)
-        j = builder.phi(i64)
-        m0, m1, nan = builder.phi(vec), builder.phi(vec), builder.phi(mask_t)
-        for phi, init in ((j, ir.Constant(i64, 0)), (m0, neg_inf), (m1, neg_inf), (nan, no_nan)):
+        j = builder.phi(I64)
+        m0, m1, nan = builder.phi(vb.zero.type), builder.phi(vb.zero.type), builder.phi(mask_t)
+        for phi, init in ((j, vb.i64(0)), (m0, vb.neg_inf), (m1, vb.neg_inf), (nan, no_nan)):
             phi.add_incoming(init, entry)
         x0 = load(j)
-        x1 = load(builder.add(j, ir.Constant(i64, 16)))
-        m0n = builder.select(builder.fcmp_ordered(">", x0, m0), x0, m0)
-        m1n = builder.select(builder.fcmp_ordered(">", x1, m1), x1, m1)
+        x1 = load(builder.add(j, vb.i64(LANES)))
+        m0n, m1n = vb.max(x0, m0), vb.max(x1, m1)
         nann = builder.or_(nan, builder.or_(builder.fcmp_unordered("uno", x0, x0),
                                             builder.fcmp_unordered("uno", x1, x1)))
-        jn = builder.add(j, ir.Constant(i64, 32))
-        both = builder.select(builder.fcmp_ordered(">", m1n, m0n), m1n, m0n)
+        jn = builder.add(j, vb.i64(2 * LANES))
+        both = vb.max(m1n, m0n)
         tail = builder.block
         for phi, val in ((j, jn), (m0, m0n), (m1, m1n), (nan, nann)):
             phi.add_incoming(val, tail)
         builder.cbranch(builder.icmp_signed("<", jn, n), loop, done)
         builder.position_at_end(done)
-        mf, nanf = builder.phi(vec), builder.phi(mask_t)
-        mf.add_incoming(neg_inf, entry)
+        mf, nanf = builder.phi(vb.zero.type), builder.phi(mask_t)
+        mf.add_incoming(vb.neg_inf, entry)
         mf.add_incoming(both, tail)
         nanf.add_incoming(no_nan, entry)
         nanf.add_incoming(nann, tail)
-        # Horizontal max by halving.
-        width = 16
-        cur = mf
-        while width > 1:
-            width //= 2
-            hi = builder.shuffle_vector(
-                cur, ir.Constant(vec, ir.Undefined),
-                ir.Constant(ir.VectorType(i32, 16), [(t + width) % 16 for t in range(16)]))
-            cur = builder.select(builder.fcmp_ordered(">", hi, cur), hi, cur)
-        best = builder.extract_element(cur, ir.Constant(i32, 0))
-        any_nan = builder.icmp_unsigned("!=", builder.bitcast(nanf, i16), ir.Constant(i16, 0))
-        return builder.select(any_nan, ir.Constant(f32, float("nan")), best)
+        best = vb.hmax(mf)
+        any_nan = builder.icmp_unsigned("!=", builder.bitcast(nanf, ir.IntType(LANES)),
+                                        ir.Constant(ir.IntType(LANES), 0))
+        return builder.select(any_nan, ir.Constant(ir.FloatType(), float("nan")), best)
 
     return types.float32(row), codegen
 
