@@ -2,7 +2,7 @@
 
 Every test draws fresh random inputs from the ``rng`` fixture (its seed is
 printed on failure). Sizes deliberately straddle the CPU kernel tiles
-(64 queries x 256 keys): n, m in {1, 65, 257, 300, ...}.
+(128 queries x 256 keys): n, m in {1, 65, 257, 300, ...}.
 
 Compilation budget: every distinct score_mod object re-jits the parallel
 kernels (~20 s), so this module uses exactly three: ``ALIBI`` (shared with
