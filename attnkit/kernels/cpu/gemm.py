@@ -234,11 +234,11 @@ def _make_score_exp(full):
     """An intrinsic for one ``MR x NR`` block of exponentiated scores (see block_score_exp)."""
 
     def typer(typingctx, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, kdim, rows, ncols,
-              shift, shift_off, red, red_off):
+              shift, shift_off, red, red_off, first):
         if not is_f32_array(a, b, c, shift, red):
             return None
         sig = types.void(a, a_off, lda, b, b_off, ldb, c, c_off, ldc, kdim, rows, ncols,
-                         shift, shift_off, red, red_off)
+                         shift, shift_off, red, red_off, first)
 
         def codegen(context, builder, signature, args):
             argtys = signature.args
@@ -246,12 +246,14 @@ def _make_score_exp(full):
             final, c_rows, masks, rows_ = _product_args(vb, args, argtys, MR, NV, True)
             pshift = vb.data(args, argtys, 12, vb.arg_i64(args, argtys, 13))
             pred = vb.data(args, argtys, 14, vb.arg_i64(args, argtys, 15))
+            first = builder.icmp_signed("!=", vb.arg_i64(args, argtys, 16), vb.i64(0))
             for r in range(MR):
                 with builder.if_then(builder.icmp_signed("<", vb.i64(r), rows_), likely=True):
                     sh = vb.splat(builder.load(builder.gep(pshift, [vb.i64(r)])))
                     p_max = builder.gep(pred, [vb.i64(2 * LANES * r)])
                     p_sum = builder.gep(pred, [vb.i64(2 * LANES * r + LANES)])
-                    best, total = vb.load(p_max), vb.load(p_sum)
+                    best = builder.select(first, vb.neg_inf, vb.load(p_max))
+                    total = builder.select(first, vb.zero, vb.load(p_sum))
                     for v in range(NV):
                         s = final[r * NV + v]
                         e = vb.exp(builder.fsub(s, sh), exact_zero=False)
@@ -274,12 +276,37 @@ def _make_score_exp(full):
 
 #: ``C[r, j] = exp(S[r, j] - shift[shift_off + r])`` for the block ``S = A @ B`` (B packed
 #: keys, ``r < rows``, ``j < ncols``), with the 16-lane partial maxima of ``S`` and partial
-#: sums of ``C`` of row ``r`` folded into ``red[red_off + 32 r :][:16]`` and ``[16:32]``.
+#: sums of ``C`` of row ``r`` folded into ``red[red_off + 32 r :][:16]`` and ``[16:32]``
+#: (which a nonzero ``first`` starts afresh instead of reading).
 #: ``S - shift`` must stay below 88 for ``C`` to be meaningful (the partial maxima tell
 #: the caller whether it did); arguments below -86 give exp(-86), not 0.
 block_score_exp = _make_score_exp(False)
 #: block_score_exp for ``ncols == NR`` (no column masks).
 block_score_exp_full = _make_score_exp(True)
+
+
+@intrinsic
+def fold_partials(typingctx, red, row, tmax, tsum):
+    """``tmax[row]``, ``tsum[row]`` = largest and sum of the 16 partials of ``row`` in ``red``.
+
+    ``red`` holds 32 floats per row as block_score_exp leaves them (partial
+    maxima, then partial sums); both folds go by halving, a fixed order.
+    """
+    if not is_f32_array(red, tmax, tsum):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vb = VectorBuilder(context, builder)
+        argtys = signature.args
+        r = vb.arg_i64(args, argtys, 1)
+        base = vb.data(args, argtys, 0, builder.mul(r, vb.i64(2 * LANES)))
+        best = vb.hmax(vb.load(base))
+        total = vb.hsum(vb.load(builder.gep(base, [vb.i64(LANES)])))
+        builder.store(best, vb.data(args, argtys, 2, r))
+        builder.store(total, vb.data(args, argtys, 3, r))
+        return context.get_dummy_value()
+
+    return types.void(red, row, tmax, tsum), codegen
 
 
 def score_exp_tile(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum):  # pragma: no cover
@@ -303,31 +330,21 @@ def _score_exp_tile(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum):
             wide_vectors()
             rows, d = qs.shape
             bk = k1 - k0
-            for i in range(rows):
-                for lane in range(LANES):
-                    red[2 * LANES * i + lane] = -np.inf
-                    red[2 * LANES * i + LANES + lane] = 0.0
             base = (zk * kp.shape[1] + k0 // block_k) * kp.shape[2] * d * NR
             for panel in range((bk + NR - 1) // NR):
                 ncols = min(NR, bk - panel * NR)
+                first = panel == 0
                 for i0 in range(0, rows, MR):
                     if ncols == NR:
                         block_score_exp_full(qs, i0 * d, d, kp, base + panel * d * NR, NR, p,
                                              i0 * bk + panel * NR, bk, d, min(MR, rows - i0),
-                                             ncols, shift, i0, red, 2 * LANES * i0)
+                                             ncols, shift, i0, red, 2 * LANES * i0, first)
                     else:
                         block_score_exp(qs, i0 * d, d, kp, base + panel * d * NR, NR, p,
                                         i0 * bk + panel * NR, bk, d, min(MR, rows - i0), ncols,
-                                        shift, i0, red, 2 * LANES * i0)
+                                        shift, i0, red, 2 * LANES * i0, first)
             for i in range(rows):
-                best = red[2 * LANES * i]
-                total = red[2 * LANES * i + LANES]
-                for lane in range(1, LANES):
-                    x = red[2 * LANES * i + lane]
-                    best = x if x > best else best
-                    total += red[2 * LANES * i + LANES + lane]
-                tmax[i] = best
-                tsum[i] = total
+                fold_partials(red, i, tmax, tsum)
 
         return fast
 
