@@ -26,12 +26,15 @@ __all__ = ["attention", "attention_weights", "attention_stats", "STAT_NAMES"]
 #: Statistics attention_stats can compute (``"max"`` also returns ``"argmax"``).
 STAT_NAMES = ("entropy", "received", "max", "distance")
 
-# Tile sizes of the CPU kernels (queries x keys); tuned with
-# paper/benchmarks/cpu_attention.py on the 2-core reference machine. 128 query rows
-# halve the key/value traffic of 64 (11% faster at n = 16384, where a head's keys
-# no longer fit in L2) and cost nothing at small n.
-CPU_BLOCK_Q = 128
+# Tile sizes of the CPU kernels (queries x keys); tuned with interleaved A/B runs
+# on the 2-core reference machine. Each query tile streams all of its head's keys
+# and values, so taller tiles cut that traffic: 256 rows ran 4% faster than 128 at
+# n = 2048-8192 and 7% at n = 16384 (128 had been 11% faster than 64 there).
+# Taller still (512) lost on causal masks, whose diagonal tiles are computed whole.
+CPU_BLOCK_Q = 256
 CPU_BLOCK_K = 256
+#: Fewest query tiles per thread before _block_q halves the tile height.
+_TILES_PER_THREAD = 4
 
 _BACKENDS = ("auto", "cpu", "cuda")
 
@@ -119,6 +122,22 @@ class _CpuKernels:
         return call
 
 
+def _block_q(problem: Problem) -> int:
+    """Query rows per tile for the kernels parallel over query tiles.
+
+    :data:`CPU_BLOCK_Q`, halved (down to 64) while the problem has fewer than
+    ``_TILES_PER_THREAD`` tiles per Numba thread, so that small problems
+    still keep every core busy.
+    """
+    import numba
+
+    wanted = _TILES_PER_THREAD * numba.get_num_threads()
+    block_q = CPU_BLOCK_Q
+    while block_q > 64 and problem.n_problems * -(-problem.n // block_q) < wanted:
+        block_q //= 2
+    return block_q
+
+
 def _lse(problem: Problem, kern) -> np.ndarray:
     """Log-sum-exp of every query row, (Z, n), in the compute dtype."""
     p = problem
@@ -126,7 +145,7 @@ def _lse(problem: Problem, kern) -> np.ndarray:
     dummy = np.zeros((1, 1, 1), dtype=p.q.dtype)
     kern.flash_forward(
         p.q, p.k, dummy, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
-        p.n_heads, False, CPU_BLOCK_Q, CPU_BLOCK_K, dummy, lse,
+        p.n_heads, False, _block_q(p), CPU_BLOCK_K, dummy, lse,
     )
     return lse
 
@@ -211,7 +230,7 @@ def attention(
     lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
     _CpuKernels(p).flash_forward(
         p.q, p.k, p.v, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
-        p.n_heads, True, CPU_BLOCK_Q, CPU_BLOCK_K, out, lse,
+        p.n_heads, True, _block_q(p), CPU_BLOCK_K, out, lse,
     )
     out = out.reshape(p.batch_shape + (p.n, dv)).astype(p.out_dtype, copy=False)
     if return_lse:
@@ -278,7 +297,7 @@ def attention_weights(
     out = np.zeros((p.n_problems, p.n, p.m), dtype=p.q.dtype)
     kern.exact_weights(
         p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
-        p.n_heads, lse, CPU_BLOCK_Q, CPU_BLOCK_K, out,
+        p.n_heads, lse, _block_q(p), CPU_BLOCK_K, out,
     )
     return out.reshape(p.batch_shape + (p.n, p.m))
 
@@ -364,7 +383,7 @@ def attention_stats(
         argmax = np.empty((z, n), dtype=np.int64)
         top_i = np.empty((z, n, topk), dtype=np.int64)
         top_v = np.empty((z, n, topk))
-        kern.query_stats(*common, lse, CPU_BLOCK_Q, CPU_BLOCK_K,
+        kern.query_stats(*common, lse, _block_q(p), CPU_BLOCK_K,
                          entropy, maxprob, argmax, distance, top_i, top_v)
         per_query_out = {"entropy": entropy, "max": maxprob, "argmax": argmax,
                          "distance": distance}
