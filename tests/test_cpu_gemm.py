@@ -13,14 +13,28 @@ from attnkit.kernels.cpu.vector_ir import EXP_FLOOR
 def _scores(qs, k, block_k, zk, k0, k1):
     kp = gemm.pack_keys(k, block_k)
     s = np.full((qs.shape[0], k1 - k0), 7.0, dtype=qs.dtype)
-    gemm.score_tile(qs, k, kp, zk, k0, k1, block_k, s)
+    gemm.score_tile(qs, k, kp, zk, k0, k1, block_k, s, None)
+    return s
+
+
+@njit(cache=False)
+def _scores_in_spans(qs, k, block_k, zk, k0, k1, spans):
+    kp = gemm.pack_keys(k, block_k)
+    s = np.full((qs.shape[0], k1 - k0), 7.0, dtype=qs.dtype)
+    gemm.score_tile(qs, k, kp, zk, k0, k1, block_k, s, spans)
     return s
 
 
 @njit(cache=False)
 def _accumulate(prob, v, zk, k0, acc, alphas):
     scratch = np.empty(prob.shape[0] * v.shape[2], dtype=prob.dtype)
-    gemm.accumulate_tile(prob, v, zk, k0, acc, alphas, scratch)
+    gemm.accumulate_tile(prob, v, zk, k0, acc, alphas, scratch, None)
+
+
+@njit(cache=False)
+def _accumulate_in_spans(prob, v, zk, k0, acc, alphas, spans):
+    scratch = np.empty(prob.shape[0] * v.shape[2], dtype=prob.dtype)
+    gemm.accumulate_tile(prob, v, zk, k0, acc, alphas, scratch, spans)
 
 
 @njit(cache=False)
@@ -86,6 +100,38 @@ def test_accumulate_tile_matches_numpy(rng, dtype, rows, bk, dv):
     want[:rows] = alphas[:, None] * want[:rows] + prob.astype(np.float64) @ v[1, 4:4 + bk]
     _accumulate(prob, v, 1, 4, acc, alphas)
     np.testing.assert_allclose(acc, want, rtol=1e-5, atol=1e-5 * np.sqrt(bk))
+
+
+def _random_spans(rng, rows, cols):
+    panels = -(-cols // gemm.NR)
+    lo = rng.integers(0, panels + 1, -(-rows // gemm.MR))
+    hi = np.minimum(lo + rng.integers(0, panels + 1, lo.size), panels)
+    return np.stack([lo, hi], axis=1).astype(np.int64)
+
+
+@pytest.mark.parametrize("rows,bk", [(1, 1), (13, 200), (40, 256)])
+def test_tile_products_skip_outside_spans(rng, rows, bk):
+    """float32 products compute only the key panels of each row block's span (masked tiles)."""
+    d, dv, nr, mr = 16, 80, gemm.NR, gemm.MR
+    k = rng.standard_normal((1, bk, d)).astype(np.float32)
+    qs = rng.standard_normal((rows, d)).astype(np.float32)
+    spans = _random_spans(rng, rows, bk)
+    got = _scores_in_spans(qs, k, 256, 0, 0, bk, spans)
+    want = qs.astype(np.float64) @ k[0].T.astype(np.float64)
+    inside = np.zeros((rows, bk), dtype=bool)
+    for b, (lo, hi) in enumerate(spans):
+        inside[b * mr: b * mr + mr, lo * nr: hi * nr] = True
+    np.testing.assert_allclose(got[inside], want[inside], rtol=1e-5, atol=1e-5)
+    assert (got[~inside] == 7.0).all()  # skipped, left for the mask to overwrite
+
+    # Probabilities are 0 outside the spans, so skipping them changes nothing.
+    v = rng.standard_normal((1, bk, dv)).astype(np.float32)
+    prob = np.where(inside, rng.random((rows, bk)), 0.0).astype(np.float32)
+    acc = rng.standard_normal((rows, dv)).astype(np.float32)
+    alphas = rng.random(rows).astype(np.float32)
+    want_acc = alphas[:, None] * acc.astype(np.float64) + prob.astype(np.float64) @ v[0]
+    _accumulate_in_spans(prob, v, 0, 0, acc, alphas, spans)
+    np.testing.assert_allclose(acc, want_acc, rtol=1e-5, atol=1e-5 * np.sqrt(bk))
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 100, 256, 300])

@@ -14,7 +14,9 @@ from numpy.testing import assert_array_equal
 
 import attnkit as ak
 from attnkit import masks
-from attnkit.kernels.cpu.masking import EMPTY, FULL, PARTIAL, mask_allows, tile_state
+from attnkit.kernels.cpu.masking import (
+    EMPTY, FULL, PARTIAL, block_spans, mask_allows, tile_state,
+)
 
 
 def loops(n, m, allows):
@@ -316,6 +318,29 @@ def test_kernel_tiles_of_random_masks(rng, trial):
     n, m = int(rng.integers(64, 400)), int(rng.integers(64, 700))
     mask, _ = random_mask(rng, n, m, depth=4)
     check_tiles(mask, n, m, kernel_tiles(n, m) + kernel_tiles(n, m, 17, 33))
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_block_spans_only_drop_masked_panels(rng, trial):
+    """Keys outside a row block's span are masked for every row of it; causal spans are tight."""
+    n, m = int(rng.integers(20, 300)), int(rng.integers(20, 600))
+    mask = ak.masks.causal(int(rng.integers(-20, 20))) if trial == 0 else random_mask(rng, n, m, 4)[0]
+    dense = mask.dense(n, m)
+    ops, aux = mask.program(n, m)
+    mr, nr = int(rng.integers(1, 8)), int(rng.integers(8, 70))
+    q0, k0 = int(rng.integers(0, n)), int(rng.integers(0, m))
+    q1, k1 = min(n, q0 + int(rng.integers(1, 100))), min(m, k0 + int(rng.integers(1, 300)))
+    spans = np.full((-(-(q1 - q0) // mr), 2), -7, dtype=np.int64)
+    block_spans(ops, aux, q0, q1 - q0, k0, k1, mr, nr, spans)
+    for b, (lo, hi) in enumerate(spans):
+        rows = dense[q0 + b * mr: min(q0 + b * mr + mr, q1), k0:k1]
+        allowed = np.flatnonzero(rows.any(axis=0))
+        assert 0 <= lo <= hi <= -(-(k1 - k0) // nr)
+        if allowed.size:
+            assert lo * nr <= allowed[0] and allowed[-1] < hi * nr
+        if trial == 0:  # causal leaves are classified exactly: the span is the tightest one
+            want = (allowed[0] // nr, allowed[-1] // nr + 1) if allowed.size else (0, 0)
+            assert (lo, hi) == want or (not allowed.size and lo == hi)
 
 
 def test_strided_tiles(rng):

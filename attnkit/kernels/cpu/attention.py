@@ -40,8 +40,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .gemm import accumulate_tile, pack_keys, score_exp_tile, score_tile
-from .masking import EMPTY, FULL, PARTIAL, mask_tile, tile_state
+from .gemm import MR, NR, accumulate_tile, pack_keys, score_exp_tile, score_tile
+from .masking import EMPTY, FULL, PARTIAL, block_spans, mask_tile, tile_state
 from .rowops import add_row, exp_shifted, row_max
 
 
@@ -68,15 +68,27 @@ def _load_scaled_queries(q, zq, q0, q1, scale, out):
 
 
 @njit(cache=True, nogil=True)
-def _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux):
+def _span_buffer(rows):
+    """Scratch for the key spans of a masked tile of ``rows`` queries (see block_spans)."""
+    return np.empty(((rows + MR - 1) // MR, 2), dtype=np.int64)
+
+
+@njit(cache=True, nogil=True)
+def _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux, spans):
     """Scores of a tile into s (bq, bk): dot products, then the mask, then score_mod.
 
     Masked entries become -inf and are never passed to score_mod. ``qs`` must
-    already hold scaled queries; ``kp = pack_keys(k, block_k)``.
+    already hold scaled queries; ``kp = pack_keys(k, block_k)``. On a PARTIAL
+    tile, products the mask rules out for a whole block of rows are skipped,
+    and ``spans`` (from :func:`_span_buffer`) is left describing which were
+    computed, for :func:`accumulate_tile` to skip the same ones.
     """
-    score_tile(qs, k, kp, zk, k0, k1, block_k, s)
     if state == PARTIAL:
+        block_spans(ops, aux, q0, s.shape[0], k0, k1, MR, NR, spans)
+        score_tile(qs, k, kp, zk, k0, k1, block_k, s, spans)
         mask_tile(s, ops, aux, q0, k0)
+    else:
+        score_tile(qs, k, kp, zk, k0, k1, block_k, s, None)
     if HAS_SCORE_MOD:
         for i in range(s.shape[0]):
             for j in range(s.shape[1]):
@@ -169,6 +181,7 @@ def flash_forward(
             red = np.empty(32 * valid_q, dtype=dt)
             tmax = np.empty(valid_q, dtype=dt)
             tsum = np.empty(valid_q, dtype=dt)
+            spans = _span_buffer(valid_q)
             all_started = False  # every row has a finite running maximum
             m_len = kv_len[z]
             for k0 in range(0, m_len, block_k):
@@ -182,10 +195,10 @@ def flash_forward(
                         and _fused_online_tile(qs, k, kp, zk, k0, k1, block_k, m_i, l_i, prob,
                                                alphas, red, tmax, tsum)):
                     if with_values:
-                        accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf)
+                        accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, None)
                     continue
                 s = _tile_view(s_buf, valid_q, bk)
-                _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux)
+                _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux, spans)
                 for i in range(valid_q):
                     tile_max = row_max(s[i])
                     # NaN-aware max (builtin max(-inf, nan) is -inf): NaN poisons the row.
@@ -201,8 +214,10 @@ def flash_forward(
                 for i in range(valid_q):
                     if m_i[i] == -np.inf or m_i[i] != m_i[i]:
                         all_started = False
-                if with_values:
-                    accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf)
+                if with_values and state == PARTIAL:
+                    accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, spans)
+                elif with_values:
+                    accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, None)
         for i in range(bq):
             if l_i[i] == 0.0:  # fully masked (a NaN sum must not land here)
                 lse[z, q0 + i] = -np.inf
@@ -244,6 +259,7 @@ def exact_weights(
         qs = np.empty((valid_q, d), dtype=dt)
         _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
         s_buf = np.empty(valid_q * block_k, dtype=dt)
+        spans = _span_buffer(valid_q)
         prob = np.empty(block_k, dtype=dt)
         m_len = kv_len[z]
         for k0 in range(0, m_len, block_k):
@@ -253,7 +269,7 @@ def exact_weights(
                 continue
             s = _tile_view(s_buf, valid_q, k1 - k0)
             _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, z // n_heads, z % n_heads,
-                        q0, ops, aux)
+                        q0, ops, aux, spans)
             for i in range(valid_q):
                 row_lse = lse[z, q0 + i]
                 if row_lse == -np.inf:
@@ -300,6 +316,7 @@ def query_stats(
             qs = np.empty((valid_q, d), dtype=dt)
             _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
             s_buf = np.empty(valid_q * block_k, dtype=dt)
+            spans = _span_buffer(valid_q)
             prob = np.empty(block_k, dtype=dt)
             m_len = kv_len[z]
             for k0 in range(0, m_len, block_k):
@@ -309,7 +326,7 @@ def query_stats(
                     continue
                 s = _tile_view(s_buf, valid_q, k1 - k0)
                 _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, z // n_heads,
-                            z % n_heads, q0, ops, aux)
+                            z % n_heads, q0, ops, aux, spans)
                 for i in range(valid_q):
                     row_lse = lse[z, q0 + i]
                     if row_lse == -np.inf:
@@ -373,6 +390,7 @@ def key_received(
             bk = valid_k1 - k0
             qs = np.empty((block_q, d), dtype=dt)
             s_buf = np.empty(block_q * bk, dtype=dt)
+            spans = _span_buffer(block_q)
             prob = np.empty(bk, dtype=dt)
             n_valid = q_len[z]
             for q0 in range(0, n_valid, block_q):
@@ -385,7 +403,7 @@ def key_received(
                 _load_scaled_queries(q, zq, q0, q1, scale, qv)
                 s = _tile_view(s_buf, bq, bk)
                 _score_tile(qv, k, kp, zk, k0, valid_k1, block_k, s, state, z // n_heads,
-                            z % n_heads, q0, ops, aux)
+                            z % n_heads, q0, ops, aux, spans)
                 for i in range(bq):
                     row_lse = lse[z, q0 + i]
                     if row_lse == -np.inf:

@@ -151,19 +151,29 @@ def _rows(x, z, start, stop):
     return flat[base + start * cols: base + stop * cols].reshape(stop - start, cols)
 
 
-def score_tile(qs, k, kp, zk, k0, k1, block_k, s):  # pragma: no cover - replaced
+def score_tile(qs, k, kp, zk, k0, k1, block_k, s, spans):  # pragma: no cover - replaced
     """``s = qs @ k[zk, k0:k1].T`` for a C-contiguous ``s`` of shape (rows, k1 - k0).
 
     ``k0`` must be a multiple of ``block_k`` and ``kp = pack_keys(k, block_k)``.
+    ``spans`` is None (compute everything) or, for masked tiles, an int64
+    array ``(ceil(rows / MR), 2)``: rows ``[MR b, MR b + MR)`` need only the
+    key panels ``spans[b, 0] <= p < spans[b, 1]`` (``NR`` keys each; see
+    :func:`.masking.block_spans`). Scores outside are left unwritten, for the
+    mask to overwrite; float64 tiles ignore ``spans``.
     """
     raise NotImplementedError
 
 
-@overload(score_tile, jit_options={"nogil": True})
-def _score_tile(qs, k, kp, zk, k0, k1, block_k, s):
-    if qs.dtype == types.float32:
+def _is_none(value):
+    return value is None or isinstance(value, (types.NoneType, types.Omitted))
 
-        def fast(qs, k, kp, zk, k0, k1, block_k, s):
+
+@overload(score_tile, jit_options={"nogil": True})
+def _score_tile(qs, k, kp, zk, k0, k1, block_k, s, spans):
+    if qs.dtype == types.float32:
+        dense = _is_none(spans)
+
+        def fast(qs, k, kp, zk, k0, k1, block_k, s, spans):
             wide_vectors()
             rows, d = qs.shape
             bk = k1 - k0
@@ -174,50 +184,60 @@ def _score_tile(qs, k, kp, zk, k0, k1, block_k, s):
             for p in range((bk + NR - 1) // NR):
                 ncols = min(NR, bk - p * NR)
                 for i0 in range(0, rows, MR):
+                    if not dense and not spans[i0 // MR, 0] <= p < spans[i0 // MR, 1]:
+                        continue
                     block_mul(qs, i0 * d, d, kp, base + p * panel_size, NR, s, i0 * bk + p * NR,
                               bk, d, min(MR, rows - i0), ncols, s, 0)
 
         return fast
 
-    def blas(qs, k, kp, zk, k0, k1, block_k, s):
+    def blas(qs, k, kp, zk, k0, k1, block_k, s, spans):
         np.dot(qs, _rows(k, zk, k0, k1).T, s)
 
     return blas
 
 
-def accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf):  # pragma: no cover - replaced
+def accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, spans):  # pragma: no cover - replaced
     """``acc[i] = alphas[i] * acc[i] + prob[i] @ v[zk, k0:k0 + bk]`` for every row i.
 
     ``prob`` is (rows, bk) and ``acc`` (>= rows, dv), both C-contiguous;
     ``pv_buf`` is scratch of at least rows * dv elements (used by BLAS only).
+    ``spans`` as for :func:`score_tile`: ``prob`` must be 0 outside them.
     """
     raise NotImplementedError
 
 
 @overload(accumulate_tile, jit_options={"nogil": True})
-def _accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf):
+def _accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, spans):
     if prob.dtype == types.float32:
+        dense = _is_none(spans)
 
-        def fast(prob, v, zk, k0, acc, alphas, pv_buf):
+        def fast(prob, v, zk, k0, acc, alphas, pv_buf, spans):
             wide_vectors()
             rows, bk = prob.shape
             m = v.shape[1]
             dv = v.shape[2]
-            v_base = (zk * m + k0) * dv
-            for c0 in range(0, dv, NR):
-                ncols = min(NR, dv - c0)
-                for i0 in range(0, rows, MR):
+            for i0 in range(0, rows, MR):
+                j0 = 0
+                j1 = bk
+                if not dense:  # keys outside the span have probability 0: skip them
+                    j0 = min(spans[i0 // MR, 0] * NR, bk)
+                    j1 = min(spans[i0 // MR, 1] * NR, bk)
+                v_base = (zk * m + k0 + j0) * dv
+                for c0 in range(0, dv, NR):
+                    ncols = min(NR, dv - c0)
                     if ncols == NR:
-                        block_mul_acc_full(prob, i0 * bk, bk, v, v_base + c0, dv, acc,
-                                           i0 * dv + c0, dv, bk, min(MR, rows - i0), ncols,
+                        block_mul_acc_full(prob, i0 * bk + j0, bk, v, v_base + c0, dv, acc,
+                                           i0 * dv + c0, dv, j1 - j0, min(MR, rows - i0), ncols,
                                            alphas, i0)
                     else:
-                        block_mul_acc(prob, i0 * bk, bk, v, v_base + c0, dv, acc, i0 * dv + c0,
-                                      dv, bk, min(MR, rows - i0), ncols, alphas, i0)
+                        block_mul_acc(prob, i0 * bk + j0, bk, v, v_base + c0, dv, acc,
+                                      i0 * dv + c0, dv, j1 - j0, min(MR, rows - i0), ncols,
+                                      alphas, i0)
 
         return fast
 
-    def blas(prob, v, zk, k0, acc, alphas, pv_buf):
+    def blas(prob, v, zk, k0, acc, alphas, pv_buf, spans):
         rows, bk = prob.shape
         dv = v.shape[2]
         pv = pv_buf[: rows * dv].reshape(rows, dv)
@@ -349,7 +369,7 @@ def _score_exp_tile(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum):
         return fast
 
     def generic(qs, k, kp, zk, k0, k1, block_k, shift, p, red, tmax, tsum):
-        score_tile(qs, k, kp, zk, k0, k1, block_k, p)
+        score_tile(qs, k, kp, zk, k0, k1, block_k, p, None)
         for i in range(p.shape[0]):
             best = -np.inf
             total = 0.0

@@ -146,10 +146,17 @@ def _leaf_state(op, a, b, c, d, aux, q0, q1, k0, k1):
 @njit(cache=True, nogil=True)
 def tile_state(ops, aux, q0, q1, k0, k1):
     """Classify the tile [q0, q1) x [k0, k1) as EMPTY, PARTIAL or FULL."""
+    if ops.shape[0] == 0:
+        return FULL
+    return _tile_state(ops, aux, q0, q1, k0, k1, np.empty(_STACK, dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
+def _tile_state(ops, aux, q0, q1, k0, k1, stack):
+    """tile_state with caller-provided scratch (``stack``: >= 16 int64)."""
     n_ops = ops.shape[0]
     if n_ops == 0:
         return FULL
-    stack = np.empty(_STACK, dtype=np.int64)
     top = 0
     for t in range(n_ops):
         op = ops[t, 0]
@@ -167,6 +174,32 @@ def tile_state(ops, aux, q0, q1, k0, k1):
             )
             top += 1
     return stack[0]
+
+
+@njit(cache=True, nogil=True)
+def block_spans(ops, aux, q0, rows, k0, k1, mr, nr, spans):
+    """Which key panels each row block of a tile may need, for skipping masked products.
+
+    The tile is queries ``[q0, q0 + rows)`` x keys ``[k0, k1)``, cut into
+    blocks of ``mr`` rows and panels of ``nr`` keys. ``spans[b] = (lo, hi)``
+    gets the panels ``lo <= p < hi`` outside which every pair of row block
+    ``b`` is masked (``lo == hi`` when the whole block is); panels inside
+    may still be masked in part.
+    """
+    stack = np.empty(_STACK, dtype=np.int64)
+    n_panels = (k1 - k0 + nr - 1) // nr
+    for blk in range((rows + mr - 1) // mr):
+        r0 = q0 + blk * mr
+        r1 = min(r0 + mr, q0 + rows)
+        lo = n_panels
+        hi = 0
+        for p in range(n_panels):
+            c0 = k0 + p * nr
+            if _tile_state(ops, aux, r0, r1, c0, min(c0 + nr, k1), stack) != EMPTY:
+                lo = min(lo, p)
+                hi = p + 1
+        spans[blk, 0] = min(lo, hi)
+        spans[blk, 1] = hi
 
 
 @njit(cache=True, nogil=True)
