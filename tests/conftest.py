@@ -50,3 +50,12 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(
             ("attnkit random seed", f"{value}  (replay with {_SEED_ENV}={value})")
         )
+
+
+@pytest.fixture(autouse=True)
+def _close_pyplot_figures():
+    """Close the figures a test opened through pyplot (plots use it once it is imported)."""
+    yield
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
