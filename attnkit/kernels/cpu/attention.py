@@ -32,6 +32,11 @@ row is rescaled only when a tile raises its maximum by more than
 first tile of each row, masked (PARTIAL) tiles, user score_mods and tiles
 whose maximum jumps by more than :data:`REDO_ABOVE` take the unfused path:
 scores, row maximum, then the exponential.
+
+On PARTIAL tiles the mask is also asked about each block of ``MR`` rows x
+``NR`` keys of the micro-kernels (:func:`.masking.block_spans`); both tile
+products skip the blocks it rules out, which halves the cost of a causal
+mask's diagonal tiles.
 """
 
 import functools
