@@ -7,7 +7,7 @@ An attention dataset is an :class:`xarray.Dataset` holding
 * ``length`` (sample) int: the number of valid tokens of each sample;
 * ``token`` (sample, position) str coordinate, padded with ``""``;
 * optional ``q``, ``k``, ``v`` (sample, layer, head, position, dim),
-  ``gradient`` (same dims as ``attention``), ``embedding`` (sample, dim) and
+  ``gradient`` (same dims as ``attention``), ``embedding`` (sample, feature) and
   ``impact`` (sample, position, method);
 * attrs ``attnkit_schema=1``, ``model``, ``source``, ``created_with``. Attribute
   values must be str, int or float (or a flat sequence of numbers, e.g.
@@ -186,8 +186,8 @@ def from_arrays(attention, *, tokens=None, lengths=None, q=None, k=None, v=None,
     gradient : array_like or list of array_like, optional
         Same layout as ``attention``.
     embedding : array_like, optional
-        (sample, dim), or (dim,) for one sample. The dim is named ``feature``
-        when its size clashes with q/k/v's ``dim``.
+        (sample, feature), or (feature,) for one sample. Its own dim,
+        ``feature``, never aligns with q/k/v's ``dim``, whatever the sizes.
     model, source : str
         Stored as attrs.
     attrs : dict, optional
@@ -336,10 +336,9 @@ def from_arrays(attention, *, tokens=None, lengths=None, q=None, k=None, v=None,
             if emb.ndim == 1:
                 emb = emb[None]
         if emb.ndim != 2 or emb.shape[0] != n_samples:
-            raise shape_error("embedding", f"({n_samples}, dim)", emb.shape,
+            raise shape_error("embedding", f"({n_samples}, feature)", emb.shape,
                               "pass one embedding vector per sample")
-        dim = "dim" if dim_sizes.get("dim", emb.shape[1]) == emb.shape[1] else "feature"
-        data_vars["embedding"] = (("sample", dim), emb)
+        data_vars["embedding"] = (("sample", "feature"), emb)
 
     coords = {}
     if tok_lists is not None:
@@ -535,7 +534,7 @@ def validate(ds, *, atol: float = 1e-4) -> None:
         "q": "('sample', 'layer', 'head', 'position', 'dim')",
         "k": "('sample', 'layer', 'head', 'position', 'dim')",
         "v": "('sample', 'layer', 'head', 'position', 'dim')",
-        "embedding": "('sample', 'dim')",
+        "embedding": "('sample', 'feature')",
         "impact": "('sample', 'position', 'method')",
         "token": "('sample', 'position')",
     }

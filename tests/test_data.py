@@ -90,16 +90,23 @@ def test_from_arrays_single_sample_and_lengths(rng):
     ak.validate(ds)
 
 
-def test_from_arrays_embedding_dim_clash(rng):
+def test_from_arrays_embedding_has_its_own_dim(rng):
+    """``embedding`` is (sample, feature) whether or not q/k exist and whatever
+    their width: a shared name would align unrelated axes when the sizes match."""
     a = [random_attention(rng, 4), random_attention(rng, 3)]
     q = [rng.standard_normal((2, 3, n, 8)) for n in (4, 3)]
+    emb = rng.standard_normal((2, 16))
     ds = ak.from_arrays(a, q=q, k=q, v=[rng.standard_normal((2, 3, n, 5)) for n in (4, 3)],
-                        embedding=rng.standard_normal((2, 16)))
+                        embedding=emb)
     assert ds.embedding.dims == ("sample", "feature")
     assert ds.v.dims[-1] == "dim_v"
-    ds = ak.from_arrays(a, embedding=rng.standard_normal((2, 16)))
-    assert ds.embedding.dims == ("sample", "dim")
-    ak.validate(ds)
+    for qk_width in (None, 16):  # no q/k, and q/k as wide as the embedding
+        qk = None if qk_width is None else [rng.standard_normal((2, 3, n, qk_width))
+                                            for n in (4, 3)]
+        ds = ak.from_arrays(a, q=qk, k=qk, embedding=emb)
+        assert ds.embedding.dims == ("sample", "feature")
+        np.testing.assert_array_equal(ds.embedding.values, emb)
+        ak.validate(ds)
 
 
 def test_from_arrays_rejects_bad_input(rng):

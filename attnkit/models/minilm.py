@@ -570,8 +570,6 @@ class MiniLM:
         ds = from_arrays(att, tokens=[self.id_to_token(s) for s in ids], lengths=lengths,
                          q=qs if qk else None, k=ks if qk else None, embedding=emb,
                          model=MODEL_NAME, source=source, attrs=all_attrs)
-        if "dim" in ds["embedding"].dims:  # without q/k, from_arrays calls it "dim"
-            ds = ds.rename_dims({"dim": "feature"})
         if texts is not None:
             ds = ds.assign_coords(text=("sample", np.array(texts, dtype=object)))
         return ds
