@@ -92,6 +92,21 @@ def _gelu(x):
     return _gelu_ufunc()(x)
 
 
+def _encoder_layer_tail(layer: dict, ctx, x, eps: float):
+    """Everything in a BERT encoder layer after the attention itself.
+
+    ``ctx`` is the attention output and ``x`` the layer's input, both
+    (token, hidden) 2-d: output projection, residual and layer norm, then
+    the GELU feed-forward, residual and layer norm.
+    """
+    w, b = layer["attn_out"]
+    x = _layer_norm(ctx @ w + b + x, *layer["attn_norm"], eps)
+    w, b = layer["inter"]
+    h = _gelu(x @ w + b)
+    w, b = layer["out"]
+    return _layer_norm(h @ w + b + x, *layer["out_norm"], eps)
+
+
 @dataclass
 class MiniLMOutput:
     """What one batched forward pass returns (batch padded to its longest).
@@ -414,12 +429,7 @@ class MiniLM:
                 kept_q.append(q)
                 kept_k.append(k)
             ctx = ctx.transpose(0, 2, 1, 3).reshape(batch * n, H * d)
-            w, b = layer["attn_out"]
-            x = _layer_norm(ctx @ w + b + x, *layer["attn_norm"], self.eps)
-            w, b = layer["inter"]
-            h = _gelu(x @ w + b)
-            w, b = layer["out"]
-            x = _layer_norm(h @ w + b + x, *layer["out_norm"], self.eps)
+            x = _encoder_layer_tail(layer, ctx, x, self.eps)
         x = x.reshape(batch, n, self.hidden_size)
 
         valid = (np.arange(n)[None, :] < lengths[:, None]).astype(self.dtype)

@@ -47,7 +47,7 @@ BATCH, N = 32, 128
 
 def numpy_forward(model, ids: np.ndarray) -> np.ndarray:
     """The MiniLM encoder with attention in plain NumPy (no padding: full-length batch)."""
-    from attnkit.models.minilm import _gelu, _layer_norm
+    from attnkit.models.minilm import _encoder_layer_tail, _layer_norm
 
     batch, n = ids.shape
     H, d = model.n_heads, model.head_dim
@@ -65,12 +65,7 @@ def numpy_forward(model, ids: np.ndarray) -> np.ndarray:
         s = np.exp(s - s.max(-1, keepdims=True))
         p = s / s.sum(-1, keepdims=True)
         ctx = (p @ v).transpose(0, 2, 1, 3).reshape(batch * n, H * d)
-        w, b = layer["attn_out"]
-        x = _layer_norm(ctx @ w + b + x, *layer["attn_norm"], model.eps)
-        w, b = layer["inter"]
-        h = _gelu(x @ w + b)
-        w, b = layer["out"]
-        x = _layer_norm(h @ w + b + x, *layer["out_norm"], model.eps)
+        x = _encoder_layer_tail(layer, ctx, x, model.eps)
     return x.reshape(batch, n, -1)
 
 
