@@ -71,7 +71,15 @@ def _choose_backend(backend: str, attn) -> str:
     return backend
 
 
-def _rollout_numpy(attn, *, lengths, head_fusion, residual, discard_ratio, start_layer):
+def _prefix_rows_buffer(stack, query):
+    """The kernels' ``rows`` output: (S, L, n) for a query, (S, 0, n) for none."""
+    s, n_layers = stack.data.shape[:2]
+    return np.empty((s, n_layers if query is not None else 0, stack.n))
+
+
+def _rollout_numpy(attn, *, lengths, head_fusion, residual, discard_ratio, start_layer,
+                   query=None):
+    """Rollout on the CPU; with ``query``, also the (S, L, n) rows of :func:`prefix_rows`."""
     from .kernels.cpu import rollout as kernels
     from .kernels.cpu.threads import single_threaded_blas
 
@@ -79,9 +87,11 @@ def _rollout_numpy(attn, *, lengths, head_fusion, residual, discard_ratio, start
     stack = attention_stack(attn, lengths)
     start = _start_layer(start_layer, stack.data.shape[1])
     out = np.empty((stack.data.shape[0], stack.n, stack.n))
+    rows = _prefix_rows_buffer(stack, query)
     with single_threaded_blas():
-        kernels.rollout(stack.data, stack.lengths, fusion, residual, discard_ratio, start, out)
-    return stack.unflatten(out)
+        kernels.rollout(stack.data, stack.lengths, fusion, residual, discard_ratio, start, out,
+                        -1 if query is None else query, rows)
+    return stack.unflatten(out) if query is None else rows
 
 
 def _rollout_cuda(attn, *, lengths, head_fusion, residual, discard_ratio, start_layer):
@@ -102,6 +112,51 @@ def _rollout_cuda(attn, *, lengths, head_fusion, residual, discard_ratio, start_
     lens = as_lengths("lengths", lengths, shape[:1], shape[-1])
     start = _start_layer(start_layer, shape[1])
     return cuda_rollout.rollout(attn, lens, head_fusion, residual, start)
+
+
+def prefix_rows(attn, query: int, *, kind="rollout", grad=None, lengths=None, head_fusion="mean",
+                residual=0.5):
+    """Row ``query`` of the rollout through each layer, from one pass over the layers.
+
+    ``out[:, l]`` equals ``rollout(attn[:, :l + 1], ...)[:, query]`` (or
+    ``grad_rollout``'s), without recomputing the shared prefix product for
+    every ``l``: L layer products instead of L (L + 1) / 2.
+
+    Parameters
+    ----------
+    attn : array (sample, layer, head, n, n)
+    query : int
+        The output position, in [0, n).
+    kind : {"rollout", "grad"}
+    grad : array like ``attn``, for ``kind="grad"``
+    lengths, head_fusion, residual
+        As in :func:`rollout`.
+
+    Returns
+    -------
+    numpy.ndarray (sample, layer, n)
+        float64; NaN past each sample's length and for samples shorter than
+        ``query + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> from attnkit.rollout import prefix_rows
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.random((2, 3, 2, 4, 4)); a /= a.sum(-1, keepdims=True)
+    >>> rows = prefix_rows(a, 1)
+    >>> bool(np.allclose(rows[:, 1], ak.rollout(a[:, :2])[:, 1]))
+    True
+    """
+    shape = np.shape(attn)
+    if len(shape) != 5:
+        raise errors.shape_error("attn", "(sample, layer, head, n, n)", shape,
+                                 "add a sample axis, e.g. attn[None]")
+    if kind == "grad":
+        return _grad_rollout_numpy(attn, grad, lengths=lengths, start_layer=0, query=query)
+    residual = _fraction("residual", residual)
+    return _rollout_numpy(attn, lengths=lengths, head_fusion=head_fusion, residual=residual,
+                          discard_ratio=0.0, start_layer=0, query=query)
 
 
 def rollout(attn, *, head_fusion="mean", residual=0.5, discard_ratio=0.0, start_layer=0,
@@ -194,7 +249,7 @@ def augmented_attention(attn, *, head_fusion="mean", residual=0.5, discard_ratio
     return stack.unflatten(out)
 
 
-def _grad_rollout_numpy(attn, grad, *, lengths, start_layer):
+def _grad_rollout_numpy(attn, grad, *, lengths, start_layer, query=None):
     from .kernels.cpu import rollout as kernels
     from .kernels.cpu.threads import single_threaded_blas
 
@@ -208,9 +263,11 @@ def _grad_rollout_numpy(attn, grad, *, lengths, start_layer):
     g = np.ascontiguousarray(g.reshape(stack.data.shape), dtype=stack.data.dtype)
     start = _start_layer(start_layer, stack.data.shape[1])
     out = np.empty((stack.data.shape[0], stack.n, stack.n))
+    rows = _prefix_rows_buffer(stack, query)
     with single_threaded_blas():
-        kernels.grad_rollout(stack.data, g, stack.lengths, start, out)
-    return stack.unflatten(out)
+        kernels.grad_rollout(stack.data, g, stack.lengths, start, out,
+                             -1 if query is None else query, rows)
+    return stack.unflatten(out) if query is None else rows
 
 
 def grad_rollout(attn, grad, *, start_layer=0, lengths=None):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors
+from .rollout import prefix_rows
 
 __all__ = ["attention_scores", "SCORE_KINDS"]
 
@@ -84,17 +85,17 @@ def attention_scores(ds, kind: str = "rollout", *, layers=None, query: int = 0,
         raise errors.value_error("query", f"a position in [0, {n})", repr(query),
                                  "pick an output position inside the samples")
     out = np.full((attn.shape[0], len(chosen), n), np.nan)
+    if kind in ("rollout", "grad"):  # every layer's row from one pass (prefix products)
+        grad = np.nan_to_num(np.asarray(ds["gradient"].values)) if kind == "grad" else None
+        by_layer = prefix_rows(np.nan_to_num(attn) if kind == "grad" else attn, query,
+                               kind=kind, grad=grad, lengths=lengths,
+                               head_fusion=head_fusion, residual=residual)
     for i, layer in enumerate(chosen):
         upto = attn[:, : layer + 1]
         if kind == "raw":
             row = attn[:, layer, :, query, :].mean(axis=1)  # NaN only in padding
-        elif kind == "rollout":
-            row = ak.rollout(upto, residual=residual, head_fusion=head_fusion,
-                             lengths=lengths)[:, query, :]
-        elif kind == "grad":
-            grad = np.asarray(ds["gradient"].values)[:, : layer + 1]
-            row = ak.grad_rollout(np.nan_to_num(upto), np.nan_to_num(grad),
-                                  lengths=lengths)[:, query, :]
+        elif kind in ("rollout", "grad"):
+            row = by_layer[:, layer]
         else:
             row = ak.attention_flow(upto, sources=[query], residual=residual,
                                     head_fusion=head_fusion, lengths=lengths)[:, query, :]

@@ -130,6 +130,32 @@ def test_grad_rollout_matches_formula(rng):
         np.testing.assert_allclose(got[s], ref_grad_rollout(a[s], g[s], start=1), rtol=1e-12)
 
 
+@pytest.mark.parametrize("kind, fusion", [("rollout", "mean"), ("rollout", "max"), ("grad", None)])
+def test_prefix_rows_equal_one_rollout_per_layer_prefix(rng, kind, fusion):
+    """Row ``query`` of every layer prefix, from one pass, equals the rollout
+    of ``attn[:, :l + 1]`` computed on its own; a sample shorter than
+    ``query + 1`` gives NaN rows."""
+    from attnkit.rollout import prefix_rows
+
+    lengths = np.array([7, 5, 2])
+    a = random_attention(rng, (3, 4, 2, 7, 7))
+    g = rng.standard_normal(a.shape)
+    query = 3
+    rows = prefix_rows(a, query, kind=kind, grad=g if kind == "grad" else None,
+                       lengths=lengths, head_fusion=fusion or "mean", residual=0.3)
+    assert rows.shape == (3, 4, 7)
+    for layer in range(4):
+        if kind == "grad":
+            want = ak.grad_rollout(a[:, : layer + 1], g[:, : layer + 1], lengths=lengths)
+        else:
+            want = ak.rollout(a[:, : layer + 1], head_fusion=fusion, residual=0.3,
+                              lengths=lengths)
+        for s, m in enumerate(lengths[:2]):
+            np.testing.assert_allclose(rows[s, layer, :m], want[s, query, :m], rtol=1e-12)
+            assert np.isnan(rows[s, layer, m:]).all()
+    assert np.isnan(rows[2]).all()  # length 2 <= query
+
+
 def test_grad_rollout_lengths_and_shape_errors(rng):
     a = random_attention(rng, (2, 2, 2, 5, 5))
     g = rng.standard_normal(a.shape)

@@ -43,6 +43,22 @@ def test_layer_l_uses_layers_up_to_l(ds, kind):
         np.testing.assert_allclose(s.values[:, layer], want, rtol=1e-12, equal_nan=True)
 
 
+@pytest.mark.parametrize("kind", ["rollout", "grad"])
+def test_layer_subset_and_query_past_a_sample(ds, kind):
+    """Chosen layers pick the matching prefix; a query past a sample's length
+    leaves that sample NaN."""
+    full = ak.attention_scores(ds, kind, query=4, head_fusion="max")
+    some = ak.attention_scores(ds, kind, layers=[-1, 1], query=4, head_fusion="max")
+    np.testing.assert_array_equal(some.values, full.values[:, [2, 1]])
+    a = ds.attention.values[0]
+    if kind == "rollout":
+        want = ak.rollout(a[:2], head_fusion="max")[4]
+    else:
+        want = ak.grad_rollout(a[:2], ds.gradient.values[0, :2])[4]
+    np.testing.assert_allclose(full.values[0, 1], want, rtol=1e-12)
+    assert np.isnan(full.values[1]).all()  # sample 1 has 4 tokens
+
+
 def test_errors(ds):
     with pytest.raises(ValueError, match=r"kind: expected one of"):
         ak.attention_scores(ds, "shap")

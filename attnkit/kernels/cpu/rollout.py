@@ -104,13 +104,30 @@ def augmented_layers(attn, lengths, fusion, residual, discard, out):
             _augmented_layer(attn[s, layer], length, fusion, residual, discard, out[s, layer])
 
 
+@njit(cache=True, nogil=True)
+def _keep_prefix_row(result, s, layer, length, query, rows):
+    """Copy row ``query`` of the product so far into ``rows[s, layer]``.
+
+    ``rows`` is (S, L, n), NaN-filled by the kernel; an (S, 0, n) array
+    turns the copy off, as does a query past the sample's length.
+    """
+    if rows.shape[1] > 0 and query < length:
+        rows[s, layer, :length] = result[query]
+
+
 @njit(cache=True, parallel=True)
-def rollout(attn, lengths, fusion, residual, discard, start_layer, out):
-    """Rollout ``Ã_L ... Ã_start`` of every sample into out (S, n, n)."""
+def rollout(attn, lengths, fusion, residual, discard, start_layer, out, query, rows):
+    """Rollout ``Ã_L ... Ã_start`` of every sample into out (S, n, n).
+
+    Row ``query`` of every partial product ``Ã_l ... Ã_start`` goes to
+    ``rows[s, l]`` (see :func:`_keep_prefix_row`): all layers' scores for one
+    output position cost one pass instead of one rollout per layer.
+    """
     n_samples, n_layers, n = attn.shape[0], attn.shape[1], attn.shape[3]
     for s in prange(n_samples):
         length = lengths[s]
         out[s] = np.nan
+        rows[s] = np.nan
         if length == 0:
             continue
         layer_mat = np.empty((length, length))
@@ -121,16 +138,21 @@ def rollout(attn, lengths, fusion, residual, discard, start_layer, out):
                 result[:, :] = layer_mat
             else:
                 result = np.dot(layer_mat, result)
+            _keep_prefix_row(result, s, layer, length, query, rows)
         out[s, :length, :length] = result
 
 
 @njit(cache=True, parallel=True)
-def grad_rollout(attn, grad, lengths, start_layer, out):
-    """Chefer et al. (2021): ``R <- R + mean_h(max(grad * attn, 0)) @ R`` from R = I."""
+def grad_rollout(attn, grad, lengths, start_layer, out, query, rows):
+    """Chefer et al. (2021): ``R <- R + mean_h(max(grad * attn, 0)) @ R`` from R = I.
+
+    ``query`` and ``rows`` keep each layer's partial row as in :func:`rollout`.
+    """
     n_samples, n_layers, n_heads = attn.shape[0], attn.shape[1], attn.shape[2]
     for s in prange(n_samples):
         length = lengths[s]
         out[s] = np.nan
+        rows[s] = np.nan
         if length == 0:
             continue
         relevance = np.eye(length)
@@ -145,6 +167,7 @@ def grad_rollout(attn, grad, lengths, start_layer, out):
                             cam[i, j] += x
             cam /= n_heads
             relevance = relevance + np.dot(cam, relevance)
+            _keep_prefix_row(relevance, s, layer, length, query, rows)
         out[s, :length, :length] = relevance
 
 
