@@ -1,7 +1,8 @@
 """Shared fixtures for the attnkit test suite.
 
 * ``tests/`` is put on ``sys.path`` so test modules can ``import reference``
-  (the float64 NumPy reference the kernels are checked against).
+  (the float64 NumPy reference the kernels are checked against) and
+  ``cli_checks`` (assertions on click results).
 * ``rng`` is a ``np.random.default_rng`` seeded from a fresh random seed per
   test. The seed is printed, and attached to the report of a failing test, so
   a failure can be replayed with ``ATTNKIT_TEST_SEED=<seed> pytest ...``.

@@ -13,6 +13,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import attnkit as ak
 from attnkit_cli.main import cli
+from cli_checks import assert_user_error
 
 
 @pytest.fixture
@@ -39,17 +40,6 @@ def npz(tmp_path, qkv):
 def invoke(runner, *args):
     result = runner.invoke(cli, list(args), catch_exceptions=False)
     return result
-
-
-def assert_user_error(result, *fragments):
-    """Exit code 2, a single 'Error:' line naming the problem, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 # ------------------------------------------------------------------ success

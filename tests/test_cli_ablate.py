@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import attnkit as ak
 from attnkit_cli.main import cli
+from cli_checks import assert_user_error
 
 TEXTS = ["The cat sat on the mat.", "Dogs bark loudly."]
 
@@ -22,15 +23,6 @@ def dataset(model, tmp_path):
     path = tmp_path / "minilm.nc"
     ak.save_dataset(model.run(TEXTS, qk=False), path)
     return path
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def test_ablate_rewrites_the_file_with_impacts(model, dataset):

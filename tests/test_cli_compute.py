@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import attnkit as ak
 from attnkit_cli.main import cli
+from cli_checks import assert_user_error
 
 SENTENCES = ["The cat sat on the mat.", "", "The keys to the cabinet are on the table.", "Hi"]
 
@@ -22,15 +23,6 @@ def sentences(tmp_path):
     path = tmp_path / "sentences.txt"
     path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     return path
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])

@@ -12,6 +12,7 @@ from numpy.testing import assert_allclose
 import attnkit as ak
 from attnkit_cli.correlate import parse_layers
 from attnkit_cli.main import cli
+from cli_checks import assert_user_error
 
 xr = pytest.importorskip("xarray")
 
@@ -44,15 +45,6 @@ def dataset(tmp_path, rng):
 
 def run(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def test_table_per_layer_matches_api(dataset):
