@@ -553,6 +553,27 @@ def test_stats_match_reference(rng, dtype, n, m):
     assert_allclose(st["received"].sum(-1), n, rtol=1e-5 if dtype is F32 else 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_stats_ties_go_to_the_first_key(rng, dtype):
+    """Equal largest probabilities, inside one key tile and across tiles
+    (block 64): argmax and top-k keep the earlier key first; a NaN query
+    with check_finite=False gives NaN entropy, not a silent 0."""
+    m = 200
+    k = -np.abs(rng.standard_normal((1, m, 4))).astype(dtype)  # scores <= 0 for q >= 0
+    k[0, [150, 10, 130]] = 2.0                                  # three equal maxima
+    q = np.ones((1, 2, 4), dtype=dtype)
+    q[0, 1] = 0.0                                               # uniform row
+    st = ak.attention_stats(q, k, topk=4)
+    assert st["argmax"].tolist() == [[10, 0]]
+    assert st["topk_index"][0, 0, :3].tolist() == [10, 130, 150]
+    assert st["topk_index"][0, 1].tolist() == [0, 1, 2, 3]
+    assert st["topk_value"][0, 0, 0] == st["topk_value"][0, 0, 2] == st["max"][0, 0]
+    assert_allclose(st["entropy"][0, 1], np.log(m), rtol=1e-6)
+    q[0, 0, 1] = np.nan
+    bad = ak.attention_stats(q, k, check_finite=False)
+    assert np.isnan(bad["entropy"][0, 0]) and not np.isnan(bad["entropy"][0, 1])
+
+
 def test_stats_default_has_no_topk(rng):
     q, k, _ = make_qkv(rng, (2,), 20, 30, 8)
     st = ak.attention_stats(q, k)

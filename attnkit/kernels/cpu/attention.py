@@ -47,7 +47,7 @@ from numba import njit, prange
 
 from .gemm import MR, NR, accumulate_tile, pack_keys, score_exp_tile, score_tile
 from .masking import EMPTY, FULL, PARTIAL, block_spans, mask_tile, tile_state
-from .rowops import add_row, exp_shifted, row_max
+from .rowops import add_row, entropy_distance_terms, exp_shifted, row_max
 
 
 @njit(cache=True, nogil=True)
@@ -283,6 +283,27 @@ def exact_weights(
                 out[z, q0 + i, k0:k1] = prob[: k1 - k0]
 
 
+@njit(cache=True, nogil=True)
+def _insert_topk(row, k0, top_v, top_i):
+    """Merge the keys of one tile row into a descending top-k (values, keys).
+
+    Only entries above the current k-th value move anything, so after the
+    first tiles most of the row is one comparison each; ties keep the
+    earlier key first.
+    """
+    topk = top_v.shape[0]
+    for j in range(row.shape[0]):
+        p = np.float64(row[j])
+        if p > top_v[topk - 1]:
+            pos = topk - 1
+            while pos > 0 and p > top_v[pos - 1]:
+                top_v[pos] = top_v[pos - 1]
+                top_i[pos] = top_i[pos - 1]
+                pos -= 1
+            top_v[pos] = p
+            top_i[pos] = k0 + j
+
+
 @njit(parallel=True, cache=True)
 def query_stats(
     q, k, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
@@ -332,31 +353,27 @@ def query_stats(
                 s = _tile_view(s_buf, valid_q, k1 - k0)
                 _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, z // n_heads,
                             z % n_heads, q0, ops, aux, spans)
+                bk = k1 - k0
+                row = prob[:bk]
                 for i in range(valid_q):
                     row_lse = lse[z, q0 + i]
                     if row_lse == -np.inf:
                         continue
-                    qi = q0 + i
-                    exp_shifted(s[i], row_lse, prob)
-                    for j in range(k1 - k0):
-                        p = np.float64(prob[j])
-                        if p == 0.0:
-                            continue
-                        sc = s[i, j]
-                        kj = k0 + j
-                        ent[i] += p * (row_lse - sc)
-                        dist[i] += p * abs(qi - kj)
-                        if p > best[i]:
-                            best[i] = p
-                            best_at[i] = kj
-                        if topk > 0 and p > top_v[i, topk - 1]:
-                            pos = topk - 1
-                            while pos > 0 and p > top_v[i, pos - 1]:
-                                top_v[i, pos] = top_v[i, pos - 1]
-                                top_i[i, pos] = top_i[i, pos - 1]
-                                pos -= 1
-                            top_v[i, pos] = p
-                            top_i[i, pos] = kj
+                    exp_shifted(s[i], row_lse, row)
+                    e, dd = entropy_distance_terms(row, s[i], row_lse, q0 + i - k0)
+                    ent[i] += e
+                    dist[i] += dd
+                    # Strictly larger than earlier tiles' best, then the first
+                    # key holding it: the first maximum over the whole row.
+                    top = np.float64(row_max(row))
+                    if top > best[i]:
+                        j = 0
+                        while np.float64(row[j]) != top:
+                            j += 1
+                        best[i] = top
+                        best_at[i] = k0 + j
+                    if topk > 0:
+                        _insert_topk(row, k0, top_v[i], top_i[i])
         for i in range(bq):
             entropy[z, q0 + i] = max(ent[i], 0.0)
             distance[z, q0 + i] = dist[i]

@@ -196,6 +196,27 @@ def _row_max(row):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
+def entropy_distance_terms(prob, scores, lse, offset):
+    """``(sum p (lse - s), sum p |offset - j|)`` over one tile row, in float64.
+
+    With ``p = exp(s - lse)``, ``p (lse - s)`` is ``-p log p`` without a log;
+    entries with ``p == 0`` are left out of it (a masked score is -inf, and
+    ``0 * inf`` is NaN), while a NaN ``p`` still propagates. ``offset`` is the query's index minus the tile's
+    first key, so ``|offset - j|`` is the query-key distance. Vectorised
+    (FAST allows the reassociation), the lane order fixed by the code.
+    """
+    wide_vectors()
+    ent = 0.0
+    dist = 0.0
+    for j in range(prob.shape[0]):
+        p = np.float64(prob[j])
+        term = p * (lse - np.float64(scores[j]))
+        ent += term if p != 0.0 else 0.0
+        dist += p * abs(np.float64(offset - j))
+    return ent, dist
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
 def add_row(dst, src):
     """``dst += src`` in place."""
     wide_vectors()
