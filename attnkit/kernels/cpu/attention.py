@@ -265,7 +265,6 @@ def exact_weights(
         _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
         s_buf = np.empty(valid_q * block_k, dtype=dt)
         spans = _span_buffer(valid_q)
-        prob = np.empty(block_k, dtype=dt)
         m_len = kv_len[z]
         for k0 in range(0, m_len, block_k):
             k1 = min(k0 + block_k, m_len)
@@ -279,8 +278,7 @@ def exact_weights(
                 row_lse = lse[z, q0 + i]
                 if row_lse == -np.inf:
                     continue
-                exp_shifted(s[i], row_lse, prob)
-                out[z, q0 + i, k0:k1] = prob[: k1 - k0]
+                exp_shifted(s[i], row_lse, out[z, q0 + i, k0:k1])
 
 
 @njit(cache=True, nogil=True)
