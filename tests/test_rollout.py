@@ -154,6 +154,10 @@ def test_prefix_rows_equal_one_rollout_per_layer_prefix(rng, kind, fusion):
             np.testing.assert_allclose(rows[s, layer, :m], want[s, query, :m], rtol=1e-12)
             assert np.isnan(rows[s, layer, m:]).all()
     assert np.isnan(rows[2]).all()  # length 2 <= query
+    with pytest.raises(ValueError, match=r"query: expected a position in \[0, 7\)"):
+        prefix_rows(a, 7)
+    with pytest.raises(ValueError, match=r"kind: expected 'rollout' or 'grad'"):
+        prefix_rows(a, 0, kind="flow")
 
 
 def test_grad_rollout_lengths_and_shape_errors(rng):

@@ -358,9 +358,9 @@ def query_stats(
                     if row_lse == -np.inf:
                         continue
                     exp_shifted(s[i], row_lse, row)
-                    e, dd = entropy_distance_terms(row, s[i], row_lse, q0 + i - k0)
-                    ent[i] += e
-                    dist[i] += dd
+                    ent_part, dist_part = entropy_distance_terms(row, s[i], row_lse, q0 + i - k0)
+                    ent[i] += ent_part
+                    dist[i] += dist_part
                     # Strictly larger than earlier tiles' best, then the first
                     # key holding it: the first maximum over the whole row.
                     top = np.float64(row_max(row))

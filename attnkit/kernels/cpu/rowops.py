@@ -201,9 +201,10 @@ def entropy_distance_terms(prob, scores, lse, offset):
 
     With ``p = exp(s - lse)``, ``p (lse - s)`` is ``-p log p`` without a log;
     entries with ``p == 0`` are left out of it (a masked score is -inf, and
-    ``0 * inf`` is NaN), while a NaN ``p`` still propagates. ``offset`` is the query's index minus the tile's
-    first key, so ``|offset - j|`` is the query-key distance. Vectorised
-    (FAST allows the reassociation), the lane order fixed by the code.
+    ``0 * inf`` is NaN), while a NaN ``p`` still propagates. ``offset`` is
+    the query's index minus the tile's first key, so ``|offset - j|`` is the
+    query-key distance. Vectorised (FAST allows the reassociation), the lane
+    order fixed by the code.
     """
     wide_vectors()
     ent = 0.0
