@@ -91,13 +91,12 @@ def attention_scores(ds, kind: str = "rollout", *, layers=None, query: int = 0,
                                kind=kind, grad=grad, lengths=lengths,
                                head_fusion=head_fusion, residual=residual)
     for i, layer in enumerate(chosen):
-        upto = attn[:, : layer + 1]
         if kind == "raw":
             row = attn[:, layer, :, query, :].mean(axis=1)  # NaN only in padding
         elif kind in ("rollout", "grad"):
             row = by_layer[:, layer]
         else:
-            row = ak.attention_flow(upto, sources=[query], residual=residual,
+            row = ak.attention_flow(attn[:, : layer + 1], sources=[query], residual=residual,
                                     head_fusion=head_fusion, lengths=lengths)[:, query, :]
         valid = np.arange(n)[None, :] < lengths[:, None]
         out[:, i] = np.where(valid & (query < lengths)[:, None], row, np.nan)
