@@ -33,6 +33,21 @@ def scipy_reference(name, x, y, **kwargs):
     return stat, p
 
 
+def assert_matches_scipy(statistic, pvalue, ref, err_msg=""):
+    """(statistic, pvalue) against scipy's, to TOL.
+
+    At |r| = 1 the p-value's slope in r is infinite: scipy's r for x == y can
+    come out as 1 - 2e-16, which with 3 positions is p = 1.3e-8 where the exact
+    r = 1 gives p = 0. There the p-value only has to be as small as scipy's,
+    give or take that rounding.
+    """
+    assert_allclose(statistic, ref[0], **TOL, err_msg=err_msg)
+    if abs(ref[0]) > 1 - 1e-12:
+        assert 0.0 <= pvalue <= ref[1] + 1e-7, (err_msg, pvalue, ref)
+    else:
+        assert_allclose(pvalue, ref[1], **TOL, err_msg=err_msg)
+
+
 def ragged_pairs(rng, rows, n, ties):
     """(rows, n) x and y with NaN padding after random lengths in [2, n]."""
     if ties:  # integer values from a small range: many ties in x, y and jointly
@@ -66,7 +81,7 @@ def test_matches_scipy(rng, method, ties):
     assert_array_equal(res.n_positions, lengths)
     for i, length in enumerate(lengths):
         ref = scipy_reference(method, x[i, :length], y[i, :length])
-        assert_allclose([res.statistic[i], res.pvalue[i]], ref, **TOL, err_msg=f"row {i}")
+        assert_matches_scipy(res.statistic[i], res.pvalue[i], ref, err_msg=f"row {i}")
 
 
 def test_kendall_exact_pvalues_match_scipy(rng):
@@ -101,7 +116,7 @@ def test_leading_dims_and_axis(rng):
     for i in range(3):
         for j in range(4):
             ref = scipy_reference("spearman", x[i, :, j], y[i, :, 0])
-            assert_allclose([res.statistic[i, j], res.pvalue[i, j]], ref, **TOL)
+            assert_matches_scipy(res.statistic[i, j], res.pvalue[i, j], ref)
 
 
 def test_int_and_float32_inputs(rng):
