@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from procmem import reset_peak, vm_kb
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULT = ROOT / "paper" / "results" / "cpu_attention.json"
 B, H, D = 1, 8, 64
@@ -53,21 +55,6 @@ def allowed_pairs(kind: str, n: int) -> int:
 
 
 # ------------------------------------------------------------------- child
-def _memory_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _make_runner(method: str, kind: str, q, k, v):
     import numpy as np
 
@@ -120,15 +107,15 @@ def child(method: str, kind: str, n: int, reps: int) -> dict:
     small = min(n, 256)
     _make_runner(method, kind, q[..., :small, :], k[..., :small, :], v[..., :small, :])()
     run = _make_runner(method, kind, q, k, v)
-    before_kb = _memory_kb("VmRSS")
-    peak_ok = _reset_peak()
+    before_kb = vm_kb("VmRSS")
+    peak_ok = reset_peak()
     run()  # warm-up at full size (first-touch allocations, caches)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    peak_kb = _memory_kb("VmHWM")
+    peak_kb = vm_kb("VmHWM")
     return {
         "times_s": times,
         "peak_extra_mb": (peak_kb - before_kb) / 1024 if peak_ok else None,

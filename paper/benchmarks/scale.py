@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procmem import reset_peak, vm_kb
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULT = ROOT / "paper" / "results" / "scale.json"
 LAYERS, HEADS, N = 12, 12, 128
@@ -119,24 +121,9 @@ def _sample_length(index: int) -> int:
 
 
 # ----------------------------------------------------------------------------- children
-def _vm_kb(field: str, pid: str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _memory() -> dict:
-    return {"pid": os.getpid(), "peak_rss_mb": round(_vm_kb("VmHWM") / 1024, 1),
-            "rss_mb": round(_vm_kb("VmRSS") / 1024, 1), "cpu_seconds": time.process_time()}
+    return {"pid": os.getpid(), "peak_rss_mb": round(vm_kb("VmHWM") / 1024, 1),
+            "rss_mb": round(vm_kb("VmRSS") / 1024, 1), "cpu_seconds": time.process_time()}
 
 
 def _digest(result) -> str:
@@ -158,7 +145,7 @@ def child(mode: str, path: str) -> dict:
         ds = open_input(path, lazy=False, chunk=None)
         run_blocks(ak.head_stats, ds.isel(sample=slice(0, 2)), client=None, chunk=None,
                    quiet=True, label="")  # loads the kernels
-        record["peak_reset"] = _reset_peak()
+        record["peak_reset"] = reset_peak()
         cpu, start = time.process_time(), time.perf_counter()
         result = run_blocks(ak.head_stats, ds, client=None, chunk=None, quiet=True, label="")
         record["seconds"] = time.perf_counter() - start
@@ -167,7 +154,7 @@ def child(mode: str, path: str) -> dict:
     elif mode == "dask-threads":
         ds = ak.open_dataset(path, chunks={"sample": 1})
         ak.head_stats(ds.isel(sample=slice(0, 2))).compute(scheduler="threads")
-        record["peak_reset"] = _reset_peak()
+        record["peak_reset"] = reset_peak()
         cpu, start = time.process_time(), time.perf_counter()
         result = ak.head_stats(ds).compute(scheduler="threads", num_workers=2)
         record["seconds"] = time.perf_counter() - start
@@ -187,8 +174,8 @@ def child(mode: str, path: str) -> dict:
             record["cluster_start_seconds"] = time.perf_counter() - start
             record["worker_numba_threads"] = sorted(client.run(
                 lambda: __import__("numba").get_num_threads()).values())
-            client.run(_reset_peak)
-            record["peak_reset"] = _reset_peak()
+            client.run(reset_peak)
+            record["peak_reset"] = reset_peak()
             cpu_before = client.run(time.process_time)
             cpu, start = time.process_time(), time.perf_counter()
             result = ak.head_stats(ds).compute()
