@@ -67,6 +67,26 @@ def value_error(argument: str, expected: str, got, fix: str) -> ValueError:
     return ValueError(f"{argument}: expected {expected}, got {got}. Fix: {fix}.")
 
 
+def position(name: str, value, n: int, fix: str) -> int:
+    """Return ``value`` as an int if it is an integer index in [0, n) (not a bool), else raise.
+
+    Examples
+    --------
+    >>> position("query", 2, 5, "pick a query inside the sequence")
+    2
+    >>> position("query", 5, 5, "pick a query inside the sequence")
+    Traceback (most recent call last):
+    ...
+    ValueError: query: expected a position in [0, 5), got 5. Fix: pick a query inside the sequence.
+    """
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not (
+            0 <= value < n):
+        raise value_error(name, f"a position in [0, {n})", repr(value), fix)
+    return int(value)
+
+
 def positive_int(name: str, value) -> int:
     """Return ``value`` as an int if it is a positive integer (not a bool), else raise.
 

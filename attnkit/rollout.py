@@ -154,10 +154,7 @@ def prefix_rows(attn, query: int, *, kind="rollout", grad=None, lengths=None, he
                                  "add a sample axis, e.g. attn[None]")
     if kind not in ("rollout", "grad"):
         raise errors.value_error("kind", "'rollout' or 'grad'", repr(kind), "pick one of those")
-    if isinstance(query, (bool, np.bool_)) or not isinstance(query, (int, np.integer)) or not (
-            0 <= query < shape[-1]):
-        raise errors.value_error("query", f"a position in [0, {shape[-1]})", repr(query),
-                                 "pick an output position inside the samples")
+    query = errors.position("query", query, shape[-1], "pick an output position inside the samples")
     if kind == "grad":
         return _grad_rollout_numpy(attn, grad, lengths=lengths, start_layer=0, query=query)
     residual = _fraction("residual", residual)

@@ -80,10 +80,7 @@ def attention_scores(ds, kind: str = "rollout", *, layers=None, query: int = 0,
     lengths = np.asarray(ds["length"].values)
     n_layers, n = attn.shape[1], attn.shape[-1]
     chosen = _layers(layers, n_layers)
-    if isinstance(query, (bool, np.bool_)) or not isinstance(query, (int, np.integer)) or not (
-            0 <= query < n):
-        raise errors.value_error("query", f"a position in [0, {n})", repr(query),
-                                 "pick an output position inside the samples")
+    query = errors.position("query", query, n, "pick an output position inside the samples")
     out = np.full((attn.shape[0], len(chosen), n), np.nan)
     if kind in ("rollout", "grad"):  # every layer's row from one pass (prefix products)
         grad = np.nan_to_num(np.asarray(ds["gradient"].values)) if kind == "grad" else None
