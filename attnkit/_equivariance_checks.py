@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .equivariance import BuiltinCheck, check_equivariance
-from .errors import BackendUnavailableError, positive_int, value_error
+from .errors import BackendUnavailableError, nonnegative_int, positive_int, value_error
 
 MODEL_SENTENCE = "Attention is not explanation, but it is not nothing either."
 MODEL_SENTENCE_QUICK = "Attention is not explanation."
@@ -333,8 +333,7 @@ def run_builtin_checks(backend="cpu", quick=False, trials=5, seed=0, select=None
         raise value_error("backend", "one of 'auto', 'cpu', 'cuda'", repr(backend),
                           "pick one of those")
     trials = positive_int("trials", trials)
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise value_error("seed", "a non-negative int", repr(seed), "pass e.g. seed=0")
+    nonnegative_int("seed", seed)
     if select is not None and not isinstance(select, str) and not all(
             isinstance(s, str) for s in select):
         raise value_error("select", "a str or a list of str", repr(select),

@@ -77,7 +77,7 @@ def _host_fix(name: str) -> str:
             f"or cupy.asnumpy({name})")
 
 
-def _as_float_array(name: str, x) -> np.ndarray:
+def host_float_array(name: str, x) -> np.ndarray:
     """``x`` as a host float array (GPU arrays are refused: this path runs on the CPU)."""
     if is_device_array(x):
         raise gpu_array_error(name, x, "this function computes on the CPU", _host_fix(name))
@@ -94,7 +94,7 @@ _DEVICE_FLOATS = ("float16", "float32", "float64")
 def _as_cuda_input(name: str, x):
     """Host float array, or a zero-copy Numba view of a GPU float array."""
     if not is_device_array(x):
-        return _as_float_array(name, x)
+        return host_float_array(name, x)
     from .kernels.cuda import runtime
 
     try:
@@ -174,7 +174,8 @@ def batch_maps(q_batch: tuple, kv_batch: tuple, q_name: str = "q", k_name: str =
     return tuple(batch), q_map, kv_map
 
 
-def _lengths(name: str, lengths, batch: tuple, limit: int, axis: str) -> np.ndarray:
+def batch_lengths(name: str, lengths, batch: tuple, limit: int, axis: str) -> np.ndarray:
+    """Lengths per problem (flattened batch), from an int or an array aligned on the left."""
     size = math.prod(batch)
     if lengths is None:
         return np.full(size, limit, dtype=np.int64)
@@ -253,7 +254,7 @@ def prepare(
     every array in its own dtype as a ``(B, H, rows, cols)`` view (host
     bfloat16 becomes float32, which the GPU kernels read).
     """
-    as_input = _as_cuda_input if target == "cuda" else _as_float_array
+    as_input = _as_cuda_input if target == "cuda" else host_float_array
     q = as_input("q", q)
     k = as_input("k", k)
     arrays = [q, k]
@@ -305,8 +306,8 @@ def prepare(
         raise errors.value_error("scale", "a finite float", repr(scale), "pass e.g. 1/sqrt(d)")
     compute, out_dtype = _compute_dtype(*arrays)
     batch, q_map, kv_map = batch_maps(q.shape[:-2], k.shape[:-2])
-    q_len = _lengths("q_lengths", q_lengths, batch, n, "n")
-    kv_len = _lengths("kv_lengths", kv_lengths, batch, m, "m")
+    q_len = batch_lengths("q_lengths", q_lengths, batch, n, "n")
+    kv_len = batch_lengths("kv_lengths", kv_lengths, batch, m, "m")
     effective = combine_all([mask, causal_mask() if causal else None])
     if effective is None:
         ops, aux = np.zeros((0, 5), np.int64), np.zeros(1, np.int64)

@@ -311,9 +311,7 @@ def _check_stats(stats, topk):
         raise errors.value_error(
             "stats", f"names from {STAT_NAMES}", unknown, "remove or respell them"
         )
-    if isinstance(topk, (bool, np.bool_)) or not isinstance(topk, (int, np.integer)) or topk < 0:
-        raise errors.value_error("topk", "an int >= 0", repr(topk), "pass e.g. topk=5")
-    return stats, int(topk)
+    return stats, errors.nonnegative_int("topk", topk, "pass e.g. topk=5")
 
 
 def attention_stats(

@@ -14,7 +14,13 @@ __all__ = [
     "shape_error",
     "dtype_error",
     "value_error",
+    "is_int",
+    "position",
     "positive_int",
+    "nonnegative_int",
+    "layer_index",
+    "fraction",
+    "flag",
 ]
 
 
@@ -67,6 +73,19 @@ def value_error(argument: str, expected: str, got, fix: str) -> ValueError:
     return ValueError(f"{argument}: expected {expected}, got {got}. Fix: {fix}.")
 
 
+def is_int(value) -> bool:
+    """True for Python and NumPy integers, False for bools (which are ints to Python).
+
+    Examples
+    --------
+    >>> is_int(3), is_int(True), is_int(3.0)
+    (True, False, False)
+    """
+    import numpy as np
+
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def position(name: str, value, n: int, fix: str) -> int:
     """Return ``value`` as an int if it is an integer index in [0, n) (not a bool), else raise.
 
@@ -79,10 +98,7 @@ def position(name: str, value, n: int, fix: str) -> int:
     ...
     ValueError: query: expected a position in [0, 5), got 5. Fix: pick a query inside the sequence.
     """
-    import numpy as np
-
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not (
-            0 <= value < n):
+    if not is_int(value) or not 0 <= value < n:
         raise value_error(name, f"a position in [0, {n})", repr(value), fix)
     return int(value)
 
@@ -99,8 +115,85 @@ def positive_int(name: str, value) -> int:
     ...
     ValueError: window: expected a positive int, got 0. Fix: pass window >= 1.
     """
-    import numpy as np
-
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_int(value) or value < 1:
         raise value_error(name, "a positive int", repr(value), f"pass {name} >= 1")
     return int(value)
+
+
+def nonnegative_int(name: str, value, fix: str | None = None) -> int:
+    """Return ``value`` as an int if it is an integer >= 0 (not a bool), else raise.
+
+    Examples
+    --------
+    >>> nonnegative_int("seed", 0)
+    0
+    >>> nonnegative_int("seed", -1)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed: expected a non-negative int, got -1. Fix: pass e.g. seed=0.
+    """
+    if not is_int(value) or value < 0:
+        raise value_error(name, "a non-negative int", repr(value), fix or f"pass e.g. {name}=0")
+    return int(value)
+
+
+def layer_index(name: str, value, n_layers: int) -> int:
+    """Return a layer index in [0, n_layers); negative values count from the end.
+
+    Examples
+    --------
+    >>> layer_index("start_layer", -1, 6)
+    5
+    >>> layer_index("start_layer", 6, 6)
+    Traceback (most recent call last):
+    ...
+    ValueError: start_layer: expected an int layer index in [0, 6), got 6. Fix: count layers from 0 (negative counts from the end).
+    """
+    if not is_int(value) or not -n_layers <= value < n_layers:
+        raise value_error(name, f"an int layer index in [0, {n_layers})", repr(value),
+                          "count layers from 0 (negative counts from the end)")
+    return int(value) % n_layers
+
+
+def fraction(name: str, value, *, upper_open: bool = False) -> float:
+    """Return ``value`` as a float in [0, 1] (or [0, 1) with ``upper_open``), else raise.
+
+    Examples
+    --------
+    >>> fraction("residual", 0.5)
+    0.5
+    >>> fraction("discard_ratio", 1, upper_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: discard_ratio: expected a number in [0, 1), got 1. Fix: pass e.g. discard_ratio=0.5.
+    """
+    import numpy as np
+
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+    if ok:
+        ok = 0.0 <= float(value) < 1.0 if upper_open else 0.0 <= float(value) <= 1.0
+    if not ok:
+        interval = "[0, 1)" if upper_open else "[0, 1]"
+        raise value_error(name, f"a number in {interval}", repr(value), f"pass e.g. {name}=0.5")
+    return float(value)
+
+
+def flag(name: str, value) -> bool:
+    """Return ``value`` as a bool if it is True or False (NumPy bools too), else raise.
+
+    Examples
+    --------
+    >>> flag("normalize", False)
+    False
+    >>> flag("normalize", "yes")
+    Traceback (most recent call last):
+    ...
+    ValueError: normalize: expected True or False, got 'yes'. Fix: pass normalize=True or normalize=False.
+    """
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise value_error(name, "True or False", repr(value),
+                          f"pass {name}=True or {name}=False")
+    return bool(value)

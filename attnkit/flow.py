@@ -42,12 +42,6 @@ def _sources(sources, n: int) -> np.ndarray:
     return np.unique(arr % n) if n else arr
 
 
-def _bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise errors.value_error(name, "True or False", repr(value), f"pass {name}=True")
-    return bool(value)
-
-
 def _flow_numpy(attn, *, sources, lengths, head_fusion, residual, discard_ratio, normalize):
     from .kernels.cpu import flow as kernels
     from .rollout import augmented_attention
@@ -134,12 +128,12 @@ def attention_flow(attn, *, sources=None, head_fusion="mean", residual=0.5, disc
            [0.667, 0.333, 0.   ],
            [0.167, 0.333, 0.5  ]])
     """
-    from .rollout import _fraction, _fusion_code
+    from .rollout import fusion_code
 
-    _fusion_code(head_fusion)
-    residual = _fraction("residual", residual)
-    discard_ratio = _fraction("discard_ratio", discard_ratio, upper_open=True)
-    normalize = _bool("normalize", normalize)
+    fusion_code(head_fusion)
+    residual = errors.fraction("residual", residual)
+    discard_ratio = errors.fraction("discard_ratio", discard_ratio, upper_open=True)
+    normalize = errors.flag("normalize", normalize)
     kwargs = dict(head_fusion=head_fusion, residual=residual, discard_ratio=discard_ratio,
                   normalize=normalize)
     if is_xarray(attn):

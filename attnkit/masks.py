@@ -23,7 +23,7 @@ from functools import reduce
 
 import numpy as np
 
-from .errors import positive_int, value_error
+from .errors import nonnegative_int, positive_int, value_error
 
 __all__ = [
     "Mask",
@@ -467,9 +467,8 @@ def random(density: float, block: int = 64, seed: int = 0) -> Mask:
     if isinstance(density, (bool, np.bool_)) or not isinstance(density, (int, float, np.floating)) \
             or not 0.0 <= density <= 1.0:
         raise value_error("density", "a float in [0, 1]", repr(density), "pass e.g. 0.1")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise value_error("seed", "a non-negative int", repr(seed), "pass e.g. seed=0")
-    return _Random(float(density), positive_int("block", block), int(seed))
+    seed = nonnegative_int("seed", seed)
+    return _Random(float(density), positive_int("block", block), seed)
 
 
 def combine_all(masks) -> Mask | None:

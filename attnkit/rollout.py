@@ -29,33 +29,14 @@ __all__ = ["rollout", "rollout_rows", "grad_rollout", "augmented_attention"]
 _BACKENDS = ("auto", "cpu", "cuda")
 
 
-def _fusion_code(head_fusion: str) -> int:
+def fusion_code(head_fusion: str) -> int:
+    """The kernels' code for a head fusion rule ("mean", "max" or "min"), or a clear error."""
     from .kernels.cpu.rollout import FUSION_CODES
 
     if head_fusion not in FUSION_CODES:
         raise errors.value_error("head_fusion", "'mean', 'max' or 'min'", repr(head_fusion),
                                  "pick one of those")
     return FUSION_CODES[head_fusion]
-
-
-def _fraction(name: str, value, *, upper_open: bool = False) -> float:
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
-    if not ok:
-        interval = "[0, 1)" if upper_open else "[0, 1]"
-        raise errors.value_error(name, f"a number in {interval}", repr(value),
-                                 f"pass e.g. {name}=0.5")
-    return value
-
-
-def _start_layer(start_layer, n_layers: int) -> int:
-    if isinstance(start_layer, bool) or not isinstance(start_layer, (int, np.integer)) or not (
-            -n_layers <= start_layer < n_layers):
-        raise errors.value_error("start_layer", f"an int layer index in [0, {n_layers})",
-                                 repr(start_layer), "count layers from 0 (negative counts from the end)")
-    return int(start_layer) % n_layers
 
 
 def _is_device_array(x) -> bool:
@@ -83,9 +64,9 @@ def _rollout_numpy(attn, *, lengths, head_fusion, residual, discard_ratio, start
     from .kernels.cpu import rollout as kernels
     from .kernels.cpu.threads import single_threaded_blas
 
-    fusion = _fusion_code(head_fusion)
+    fusion = fusion_code(head_fusion)
     stack = attention_stack(attn, lengths)
-    start = _start_layer(start_layer, stack.data.shape[1])
+    start = errors.layer_index("start_layer", start_layer, stack.data.shape[1])
     out = np.empty((stack.data.shape[0], stack.n, stack.n))
     rows = _prefix_rows_buffer(stack, query)
     with single_threaded_blas():
@@ -104,13 +85,13 @@ def _rollout_cuda(attn, *, lengths, head_fusion, residual, discard_ratio, start_
     if discard_ratio:
         raise errors.value_error("discard_ratio", "0 with backend='cuda'", discard_ratio,
                                  "use backend='cpu' to discard weights")
-    _fusion_code(head_fusion)
+    fusion_code(head_fusion)
     shape = tuple(attn.shape)
     if len(shape) != 5 or shape[-1] != shape[-2]:
         raise errors.shape_error("attn", "(sample, layer, head, n, n) on the GPU", shape,
                                  "add a sample axis, e.g. attn[None]")
     lens = as_lengths("lengths", lengths, shape[:1], shape[-1])
-    start = _start_layer(start_layer, shape[1])
+    start = errors.layer_index("start_layer", start_layer, shape[1])
     return cuda_rollout.rollout(attn, lens, head_fusion, residual, start)
 
 
@@ -157,7 +138,7 @@ def prefix_rows(attn, query: int, *, kind="rollout", grad=None, lengths=None, he
     query = errors.position("query", query, shape[-1], "pick an output position inside the samples")
     if kind == "grad":
         return _grad_rollout_numpy(attn, grad, lengths=lengths, start_layer=0, query=query)
-    residual = _fraction("residual", residual)
+    residual = errors.fraction("residual", residual)
     return _rollout_numpy(attn, lengths=lengths, head_fusion=head_fusion, residual=residual,
                           discard_ratio=0.0, start_layer=0, query=query)
 
@@ -204,12 +185,12 @@ def rollout(attn, *, head_fusion="mean", residual=0.5, discard_ratio=0.0, start_
     >>> bool(np.allclose(ak.rollout(a[:, :1], residual=0), a[:, 0].mean(1)))
     True
     """
-    residual = _fraction("residual", residual)
-    discard_ratio = _fraction("discard_ratio", discard_ratio, upper_open=True)
+    residual = errors.fraction("residual", residual)
+    discard_ratio = errors.fraction("discard_ratio", discard_ratio, upper_open=True)
     kwargs = dict(head_fusion=head_fusion, residual=residual, discard_ratio=discard_ratio,
                   start_layer=start_layer)
     if is_xarray(attn):
-        _fusion_code(head_fusion)
+        fusion_code(head_fusion)
         out = apply_to_xarray(lambda a, lengths: _rollout_numpy(a, lengths=lengths, **kwargs),
                               attn, lengths=lengths)
         return out.rename("rollout")
@@ -242,9 +223,9 @@ def augmented_attention(attn, *, head_fusion="mean", residual=0.5, discard_ratio
     """
     from .kernels.cpu import rollout as kernels
 
-    fusion = _fusion_code(head_fusion)
-    residual = _fraction("residual", residual)
-    discard_ratio = _fraction("discard_ratio", discard_ratio, upper_open=True)
+    fusion = fusion_code(head_fusion)
+    residual = errors.fraction("residual", residual)
+    discard_ratio = errors.fraction("discard_ratio", discard_ratio, upper_open=True)
     stack = attention_stack(attn, lengths)
     s, n_layers, _, n, _ = stack.data.shape
     out = np.empty((s, n_layers, n, n))
@@ -264,7 +245,7 @@ def _grad_rollout_numpy(attn, grad, *, lengths, start_layer, query=None):
     if g.dtype.kind != "f":
         raise errors.dtype_error("grad", g.dtype, "cast it, e.g. grad.astype(np.float64)")
     g = np.ascontiguousarray(g.reshape(stack.data.shape), dtype=stack.data.dtype)
-    start = _start_layer(start_layer, stack.data.shape[1])
+    start = errors.layer_index("start_layer", start_layer, stack.data.shape[1])
     out = np.empty((stack.data.shape[0], stack.n, stack.n))
     rows = _prefix_rows_buffer(stack, query)
     with single_threaded_blas():
@@ -429,8 +410,8 @@ def rollout_rows(q, k, rows, *, residual=0.5, start_layer=0, scale=None, causal=
     if idx.ndim != 1 or idx.dtype.kind not in "iu" or (idx.size and (idx.min() < 0 or idx.max() >= n)):
         raise errors.value_error("rows", f"a 1-d array of positions in [0, {n})", repr(rows),
                                  "pass e.g. rows=[0] for the first token")
-    residual = _fraction("residual", residual)
-    start = _start_layer(start_layer, n_layers)
+    residual = errors.fraction("residual", residual)
+    start = errors.layer_index("start_layer", start_layer, n_layers)
     lens = as_lengths("lengths", lengths, q.shape[:1], n)
     padding = np.arange(n)[None, :] >= lens[:, None]  # (sample, position)
     if padding.any():  # datasets pad q/k with NaN; the kernels must never see it

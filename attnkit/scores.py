@@ -27,14 +27,7 @@ SCORE_KINDS = ("raw", "rollout", "flow", "grad")
 def _layers(layers, n_layers: int) -> list[int]:
     if layers is None:
         return list(range(n_layers))
-    out = []
-    for layer in np.atleast_1d(layers):
-        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) or not (
-                -n_layers <= layer < n_layers):
-            raise errors.value_error("layers", f"layer indices in [0, {n_layers})", repr(layer),
-                                     "count layers from 0")
-        out.append(int(layer) % n_layers)
-    return out
+    return [errors.layer_index("layers", layer, n_layers) for layer in np.atleast_1d(layers)]
 
 
 def attention_scores(ds, kind: str = "rollout", *, layers=None, query: int = 0,

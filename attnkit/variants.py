@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from . import errors
-from ._prepare import _as_float_array, _lengths, batch_maps, check_weights_budget
+from ._prepare import batch_lengths, batch_maps, check_weights_budget, host_float_array
 from .attention import attention, attention_stats, attention_weights
 from .masks import Mask
 from .options import get_options
@@ -50,7 +50,7 @@ def _floats(**named):
     float64 if any input is float64, else float32 (half inputs compute in
     float32). Non-float dtypes raise the shared TypeError naming the argument.
     """
-    arrays = {name: None if a is None else _as_float_array(name, a) for name, a in named.items()}
+    arrays = {name: None if a is None else host_float_array(name, a) for name, a in named.items()}
     present = [a for a in arrays.values() if a is not None]
     dtype = np.dtype(np.float64 if any(a.dtype == np.float64 for a in present) else np.float32)
     cast = [None if a is None else np.asarray(a, dtype=dtype) for a in arrays.values()]
@@ -89,12 +89,6 @@ def _vector(name: str, b, size: int, what: str) -> None:
         raise errors.shape_error(
             name, f"({size},), one {what}", b.shape, f"pass a 1-d array of {size} values",
         )
-
-
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise errors.value_error(name, "True or False", repr(value), f"pass {name}=True")
-    return bool(value)
 
 
 def _check_mask(mask) -> None:
@@ -218,8 +212,8 @@ def multi_head_attention(
     """
     n_heads = errors.positive_int("n_heads", n_heads)
     n_kv_heads = n_heads if n_kv_heads is None else errors.positive_int("n_kv_heads", n_kv_heads)
-    return_weights = _flag("return_weights", return_weights)
-    return_stats = _flag("return_stats", return_stats)
+    return_weights = errors.flag("return_weights", return_weights)
+    return_stats = errors.flag("return_stats", return_stats)
     self_attention = context is None
     if self_attention and context_lengths is not None:
         raise errors.value_error(
@@ -289,11 +283,11 @@ def multi_head_attention(
             f"x batch dims {x.shape[:-2]} and context batch dims {ctx.shape[:-2]}",
             "make the leading dims equal, or 1 where one side is shared",
         ) from None
-    q_len = _lengths("lengths", lengths, batch, n, "n")
+    q_len = batch_lengths("lengths", lengths, batch, n, "n")
     if self_attention:
         kv_lengths = lengths
     else:
-        _lengths("context_lengths", context_lengths, batch, m, "m")
+        batch_lengths("context_lengths", context_lengths, batch, m, "m")
         kv_lengths = context_lengths
 
     def heads(t, proj, bias, count, size):
@@ -333,7 +327,7 @@ def _additive(query, keys, values, w_q, w_k, v_a, mask, kv_lengths, dtype, fn):
 
     batch, q_map, kv_map = batch_maps(query.shape[:-2], keys.shape[:-2], "query", "keys")
     n, m, dv = query.shape[-2], keys.shape[-2], values.shape[-1]
-    kv_len = _lengths("kv_lengths", kv_lengths, batch, m, "m")
+    kv_len = batch_lengths("kv_lengths", kv_lengths, batch, m, "m")
     check_weights_budget(fn, batch + (n, m), dtype, get_options()["weights_max_bytes"],
                          "attend over fewer keys or decoder steps per call")
     pq = _flat(query @ w_q)  # (Zq, n, hidden): projections stay O((n + m) * hidden)
@@ -657,8 +651,8 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
     True
     """
     name, phi = _feature_map(feature_map)
-    causal = _flag("causal", causal)
-    return_weights = _flag("return_weights", return_weights)
+    causal = errors.flag("causal", causal)
+    return_weights = errors.flag("return_weights", return_weights)
     if (
         isinstance(eps, (bool, np.bool_))
         or not isinstance(eps, (int, float, np.integer, np.floating))

@@ -62,7 +62,7 @@ def test_layer_subset_and_query_past_a_sample(ds, kind):
 def test_errors(ds):
     with pytest.raises(ValueError, match=r"kind: expected one of"):
         ak.attention_scores(ds, "shap")
-    with pytest.raises(ValueError, match=r"layers: expected layer indices in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"layers: expected an int layer index in \[0, 3\)"):
         ak.attention_scores(ds, "raw", layers=[5])
     with pytest.raises(ValueError, match=r"query: expected a position in \[0, 6\)"):
         ak.attention_scores(ds, "raw", query=6)
