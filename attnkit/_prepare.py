@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import errors
+from ._backend import gpu_array_error, host_copy_fix, is_device_array
 from .masks import Mask, causal as causal_mask, combine_all
 
 _FLOATS = (np.float32, np.float64)
@@ -58,29 +59,10 @@ class Problem:
         return int(self.q_map.shape[0])
 
 
-def is_device_array(x) -> bool:
-    """A GPU array: CUDA Array Interface (CuPy, PyTorch, Numba) or a simulator array."""
-    if isinstance(x, np.ndarray):
-        return False
-    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
-
-
-def gpu_array_error(name: str, x, reason: str, fix: str) -> errors.BackendUnavailableError:
-    """The error for a GPU array that cannot be used where it was passed."""
-    return errors.BackendUnavailableError(
-        f"{name}: got a GPU array ({type(x).__name__}), but {reason}. Fix: {fix}."
-    )
-
-
-def _host_fix(name: str) -> str:
-    return (f"copy it to the host first, e.g. {name}.copy_to_host(), {name}.cpu().numpy() "
-            f"or cupy.asnumpy({name})")
-
-
 def host_float_array(name: str, x) -> np.ndarray:
     """``x`` as a host float array (GPU arrays are refused: this path runs on the CPU)."""
     if is_device_array(x):
-        raise gpu_array_error(name, x, "this function computes on the CPU", _host_fix(name))
+        raise gpu_array_error(name, x, "this function computes on the CPU", host_copy_fix(name))
     arr = np.asarray(x)
     kind = arr.dtype.kind
     if kind != "f" and arr.dtype.name != "bfloat16":

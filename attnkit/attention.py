@@ -12,142 +12,16 @@ pick a backend and call a kernel; the kernels hold the numerics.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 
-from . import errors
-from ._prepare import Problem, check_weights_budget, gpu_array_error, is_device_array, prepare
+from . import _backend, errors
+from ._prepare import check_weights_budget, prepare
 from .options import get_options
 
 __all__ = ["attention", "attention_weights", "attention_stats", "STAT_NAMES"]
 
 #: Statistics attention_stats can compute (``"max"`` also returns ``"argmax"``).
 STAT_NAMES = ("entropy", "received", "max", "distance")
-
-# Tile sizes of the CPU kernels (queries x keys); tuned with interleaved A/B runs
-# on the 2-core reference machine. Each query tile streams all of its head's keys
-# and values, so taller tiles cut that traffic: 256 rows ran 4% faster than 128 at
-# n = 2048-8192 and 7% at n = 16384 (128 had been 11% faster than 64 there).
-# Taller still (512) lost on causal masks, whose diagonal tiles are computed whole.
-CPU_BLOCK_Q = 256
-CPU_BLOCK_K = 256
-#: Fewest query tiles per thread before _block_q halves the tile height.
-_TILES_PER_THREAD = 4
-
-_BACKENDS = ("auto", "cpu", "cuda")
-
-
-@functools.lru_cache(maxsize=1)
-def _cuda_status() -> tuple[bool, bool, str]:
-    """(kernels can run, a real GPU is present, why not), computed once per process.
-
-    The simulator (``NUMBA_ENABLE_CUDASIM=1``) can run kernels but is never a
-    real GPU. Numba's CUDA package is imported only when a driver may exist.
-    """
-    import importlib.util
-    import sys
-
-    if importlib.util.find_spec("numba_cuda") is None:
-        return False, False, "numba-cuda is not installed"
-    if sys.platform.startswith("linux") and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0") \
-            and not any(os.path.exists(p) for p in
-                        ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/proc/driver/nvidia")):
-        return False, False, "no NVIDIA driver was found (no /dev/nvidia* device)"
-    try:
-        from .kernels.cuda import runtime
-    except Exception as exc:  # a broken CUDA install must not break the CPU backend
-        return False, False, f"numba.cuda failed to import ({exc})"
-    ok, reason = runtime.usable()
-    return ok, ok and not runtime.SIMULATOR, reason
-
-
-def _choose_backend(backend: str, **arrays) -> str:
-    """"cpu" or "cuda" for ``backend``; GPU ``arrays`` (by argument name) force "cuda".
-
-    ``ATTNKIT_AUTO_BACKEND=cpu`` in the environment keeps "auto" on the CPU for
-    host arrays even where a GPU is present (e.g. CPU-focused test runs).
-    """
-    if backend not in _BACKENDS:
-        raise errors.value_error(
-            "backend", "one of 'auto', 'cpu', 'cuda'", repr(backend), "pick one of those"
-        )
-    on_gpu = [(name, x) for name, x in arrays.items() if is_device_array(x)]
-    if backend == "cpu":
-        if on_gpu:
-            name, x = on_gpu[0]
-            raise gpu_array_error(name, x, "backend='cpu' computes on the host",
-                                  f"use backend='cuda' (or 'auto'), or copy {name} to the host")
-        return "cpu"
-    if backend == "cuda" or on_gpu:
-        usable, _, reason = _cuda_status()
-        if usable:
-            return "cuda"
-        if backend == "cuda":
-            raise errors.BackendUnavailableError(
-                f"backend='cuda': the CUDA kernels cannot run here: {reason}. Fix: use "
-                "backend='cpu' (or 'auto'), or run on a machine with an NVIDIA GPU and driver, "
-                "with the GPU extra installed (pip install 'attnkit[gpu]')."
-            )
-        name, x = on_gpu[0]
-        raise gpu_array_error(
-            name, x, f"the CUDA backend cannot run here ({reason})",
-            f"copy it to the host first, e.g. {name}.copy_to_host(), {name}.cpu().numpy() or "
-            f"cupy.asnumpy({name}), and use backend='cpu'",
-        )
-    preferred = os.environ.get("ATTNKIT_AUTO_BACKEND", "").strip().lower()
-    if preferred == "cpu":
-        return "cpu"
-    return "cuda" if _cuda_status()[1] else "cpu"
-
-
-class _CpuKernels:
-    """The CPU kernels for one problem, each call run with single-threaded BLAS."""
-
-    def __init__(self, problem: Problem) -> None:
-        from .kernels.cpu import attention as cpu
-        from .kernels.cpu.threads import single_threaded_blas
-
-        self._module = cpu if problem.score_mod is None else cpu.with_score_mod(problem.score_mod)
-        self._limit = single_threaded_blas
-
-    def __getattr__(self, name):
-        kernel = getattr(self._module, name)
-
-        def call(*args):
-            with self._limit():
-                return kernel(*args)
-
-        return call
-
-
-def _block_q(problem: Problem) -> int:
-    """Query rows per tile for the kernels parallel over query tiles.
-
-    :data:`CPU_BLOCK_Q`, halved (down to 64) while the problem has fewer than
-    ``_TILES_PER_THREAD`` tiles per Numba thread, so that small problems
-    still keep every core busy.
-    """
-    import numba
-
-    wanted = _TILES_PER_THREAD * numba.get_num_threads()
-    block_q = CPU_BLOCK_Q
-    while block_q > 64 and problem.n_problems * -(-problem.n // block_q) < wanted:
-        block_q //= 2
-    return block_q
-
-
-def _lse(problem: Problem, kern) -> np.ndarray:
-    """Log-sum-exp of every query row, (Z, n), in the compute dtype."""
-    p = problem
-    lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
-    dummy = np.zeros((1, 1, 1), dtype=p.q.dtype)
-    kern.flash_forward(
-        p.q, p.k, dummy, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
-        p.n_heads, False, _block_q(p), CPU_BLOCK_K, dummy, lse,
-    )
-    return lse
 
 
 def attention(
@@ -213,7 +87,7 @@ def attention(
     >>> bool(np.allclose(out[:, 0], v[:, 0]))   # the first query sees only key 0
     True
     """
-    target = _choose_backend(backend, q=q, k=k, v=v)
+    target = _backend.choose(backend, q=q, k=k, v=v)
     if v is None:
         raise TypeError("v: expected an array of values (..., m, dv), got None. Fix: pass v, or "
                         "use ak.attention_weights / ak.attention_stats for weights without values.")
@@ -221,21 +95,7 @@ def attention(
         q, k, v, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
         q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite, target=target,
     )
-    if target == "cuda":
-        from .kernels.cuda import api
-
-        return api.attention(p, return_lse)
-    dv = p.v.shape[2]
-    out = np.empty((p.n_problems, p.n, dv), dtype=p.q.dtype)
-    lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
-    _CpuKernels(p).flash_forward(
-        p.q, p.k, p.v, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
-        p.n_heads, True, _block_q(p), CPU_BLOCK_K, out, lse,
-    )
-    out = out.reshape(p.batch_shape + (p.n, dv)).astype(p.out_dtype, copy=False)
-    if return_lse:
-        return out, lse.reshape(p.batch_shape + (p.n,))
-    return out
+    return _backend.kernels(target).attention(p, return_lse)
 
 
 def attention_weights(
@@ -276,7 +136,7 @@ def attention_weights(
     >>> w.shape, bool(np.allclose(w.sum(-1), 1.0))
     ((4, 6), True)
     """
-    target = _choose_backend(backend, q=q, k=k)
+    target = _backend.choose(backend, q=q, k=k)
     p = prepare(
         q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
         q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite, target=target,
@@ -288,18 +148,7 @@ def attention_weights(
         "use attnkit.attention_stats for entropy, received attention, max/top-k and "
         "distance in O(n + m) memory, or pass max_bytes=...",
     )
-    if target == "cuda":
-        from .kernels.cuda import api
-
-        return api.weights(p)
-    kern = _CpuKernels(p)
-    lse = _lse(p, kern)
-    out = np.zeros((p.n_problems, p.n, p.m), dtype=p.q.dtype)
-    kern.exact_weights(
-        p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
-        p.n_heads, lse, _block_q(p), CPU_BLOCK_K, out,
-    )
-    return out.reshape(p.batch_shape + (p.n, p.m))
+    return _backend.kernels(target).weights(p)
 
 
 def _check_stats(stats, topk):
@@ -359,42 +208,10 @@ def attention_stats(
     >>> bool(np.allclose(st["received"].sum(-1), 7))   # each query hands out 1
     True
     """
-    target = _choose_backend(backend, q=q, k=k)
+    target = _backend.choose(backend, q=q, k=k)
     stats, topk = _check_stats(stats, topk)
     p = prepare(
         q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
         q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite, target=target,
     )
-    if target == "cuda":
-        from .kernels.cuda import api
-
-        return api.stats(p, stats, topk)
-    kern = _CpuKernels(p)
-    lse = _lse(p, kern).astype(np.float64)
-    z, n, m = p.n_problems, p.n, p.m
-    common = (p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
-              p.n_heads)
-    result: dict[str, np.ndarray] = {}
-    per_query = {"entropy", "max", "distance"} & set(stats)
-    if per_query or topk:
-        entropy, maxprob, distance = (np.empty((z, n)) for _ in range(3))
-        argmax = np.empty((z, n), dtype=np.int64)
-        top_i = np.empty((z, n, topk), dtype=np.int64)
-        top_v = np.empty((z, n, topk))
-        kern.query_stats(*common, lse, _block_q(p), CPU_BLOCK_K,
-                         entropy, maxprob, argmax, distance, top_i, top_v)
-        per_query_out = {"entropy": entropy, "max": maxprob, "argmax": argmax,
-                         "distance": distance}
-        for name in stats:
-            if name in per_query:
-                result[name] = per_query_out[name]
-        if "max" in stats:
-            result["argmax"] = argmax
-        if topk:
-            result["topk_index"], result["topk_value"] = top_i, top_v
-    if "received" in stats:
-        received = np.empty((z, m))
-        kern.key_received(*common, lse, CPU_BLOCK_Q, CPU_BLOCK_K, received)
-        result["received"] = received
-    batch = p.batch_shape
-    return {name: arr.reshape(batch + arr.shape[1:]) for name, arr in result.items()}
+    return _backend.kernels(target).stats(p, stats, topk)

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import errors
+from . import _backend, errors
 from ._attn_input import apply_to_xarray, as_lengths, attention_stack, is_xarray
+from ._prepare import prepare
 
 __all__ = ["rollout", "rollout_rows", "grad_rollout", "augmented_attention"]
-
-_BACKENDS = ("auto", "cpu", "cuda")
 
 
 def fusion_code(head_fusion: str) -> int:
@@ -37,19 +36,6 @@ def fusion_code(head_fusion: str) -> int:
         raise errors.value_error("head_fusion", "'mean', 'max' or 'min'", repr(head_fusion),
                                  "pick one of those")
     return FUSION_CODES[head_fusion]
-
-
-def _is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
-
-
-def _choose_backend(backend: str, attn) -> str:
-    if backend not in _BACKENDS:
-        raise errors.value_error("backend", "one of 'auto', 'cpu', 'cuda'", repr(backend),
-                                 "pick one of those")
-    if backend == "auto":
-        return "cuda" if _is_device_array(attn) else "cpu"
-    return backend
 
 
 def _prefix_rows_buffer(stack, query):
@@ -75,24 +61,25 @@ def _rollout_numpy(attn, *, lengths, head_fusion, residual, discard_ratio, start
     return stack.unflatten(out) if query is None else rows
 
 
-def _rollout_cuda(attn, *, lengths, head_fusion, residual, discard_ratio, start_layer):
-    try:
-        from .kernels.cuda import rollout as cuda_rollout
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise errors.BackendUnavailableError(
-            f"backend='cuda': the CUDA rollout kernel cannot be imported ({exc}). "
-            "Fix: pip install 'attnkit[gpu]', or use backend='cpu'.") from exc
-    if discard_ratio:
-        raise errors.value_error("discard_ratio", "0 with backend='cuda'", discard_ratio,
-                                 "use backend='cpu' to discard weights")
-    fusion_code(head_fusion)
-    shape = tuple(attn.shape)
+def _rollout_cuda(attn, *, lengths, head_fusion, residual, start_layer):
+    """Rollout of stored attention on the GPU; device in, device out."""
+    from .kernels.cuda import rollout as kernels
+    from .kernels.cuda import runtime
+
+    fusion = fusion_code(head_fusion)
+    on_device = _backend.is_device_array(attn)
+    data = runtime.as_device(attn) if on_device else np.asarray(attn)
+    if data.dtype.name not in ("float16", "float32", "float64"):
+        raise errors.dtype_error("attn", data.dtype, "cast it, e.g. attn.astype(np.float32)")
+    shape = tuple(int(x) for x in data.shape)
     if len(shape) != 5 or shape[-1] != shape[-2]:
-        raise errors.shape_error("attn", "(sample, layer, head, n, n) on the GPU", shape,
+        raise errors.shape_error("attn", "(sample, layer, head, n, n) for backend='cuda'", shape,
                                  "add a sample axis, e.g. attn[None]")
     lens = as_lengths("lengths", lengths, shape[:1], shape[-1])
     start = errors.layer_index("start_layer", start_layer, shape[1])
-    return cuda_rollout.rollout(attn, lens, head_fusion, residual, start)
+    out = kernels.rollout(data if on_device else runtime.to_device(data), lens, fusion, residual,
+                          start)
+    return out if on_device else out.copy_to_host()
 
 
 def prefix_rows(attn, query: int, *, kind="rollout", grad=None, lengths=None, head_fusion="mean",
@@ -194,8 +181,9 @@ def rollout(attn, *, head_fusion="mean", residual=0.5, discard_ratio=0.0, start_
         out = apply_to_xarray(lambda a, lengths: _rollout_numpy(a, lengths=lengths, **kwargs),
                               attn, lengths=lengths)
         return out.rename("rollout")
-    if _choose_backend(backend, attn) == "cuda":
-        return _rollout_cuda(attn, lengths=lengths, **kwargs)
+    if _backend.choose(backend, attn=attn, cuda_supported=not discard_ratio) == "cuda":
+        return _rollout_cuda(attn, lengths=lengths, head_fusion=head_fusion, residual=residual,
+                             start_layer=start_layer)
     return _rollout_numpy(attn, lengths=lengths, **kwargs)
 
 
@@ -304,44 +292,46 @@ def grad_rollout(attn, grad, *, start_layer=0, lengths=None):
     return _grad_rollout_numpy(attn, grad, lengths=lengths, start_layer=start_layer)
 
 
-def _weighted_received_cpu(problem, weights):
-    """``sum_i weights[z, i] * p[z, i, :]`` for every problem z, streaming.
+def _rollout_rows_layers(q, k, idx, lens, *, single, residual, start, target, attention_kwargs):
+    """Rows ``idx`` of the mean-fusion rollout, one streamed pass per layer and row chunk.
 
-    The key_received kernel sums ``exp(s_ij - lse_i)`` over queries; handing it
-    ``lse_i - log(w_i)`` instead makes it sum ``w_i * p_ij``. Zero weights give
-    ``+inf`` and contribute exactly 0.
+    A row vector ``v`` of the rollout advances through layer ``l`` as
+    ``v Ã_l``, with ``Ã_l[i] = (r e_i + (1 - r) mean_h P_h[i]) / c_i``. The
+    row sum ``c_i = r + (1 - r) * (share of heads where row i sees a key)``
+    is 1 for ordinary rows; a row with no allowed key keeps only its
+    residual path (``Ã_l[i] = e_i``), as the row normalisation of
+    :func:`rollout` does. So ``v Ã_l = r w + (1 - r) mean_h (w P_h)`` with
+    ``w = v / c``, and ``w P_h`` is the weighted received attention that the
+    kernels stream. A row of ``Ã_l`` that sums to 0 (``r = 0``, no key) stays 0.
     """
-    from .attention import CPU_BLOCK_K, CPU_BLOCK_Q, _CpuKernels, _lse
-
-    p = problem
-    kern = _CpuKernels(p)
-    lse = _lse(p, kern).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shifted = np.where(weights > 0, lse - np.log(weights), np.inf).astype(p.q.dtype)
-    received = np.empty((p.n_problems, p.m))
-    kern.key_received(p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux,
-                      p.n_heads, shifted, CPU_BLOCK_Q, CPU_BLOCK_K, received)
-    return received
-
-
-def _rollout_rows_cpu(q, k, idx, *, residual, start, lengths, **attention_kwargs):
-    from ._prepare import prepare
-
-    n_samples, n_layers, n_heads, n = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
+    n_layers, n_heads, n = (int(x) for x in q.shape[-4:-1])
+    n_samples = lens.size
+    kernels = _backend.kernels(target)
+    per_pass = kernels.rows_per_pass(int(q.shape[-1]), q.dtype, k.dtype)
     out = np.full((n_samples, idx.size, n), np.nan)
-    for u, row in enumerate(idx):
-        v = np.zeros((n_samples, n))
-        v[lengths > row, row] = 1.0
+    valid_key = np.arange(n)[None, :] < lens[:, None]  # (sample, position)
+    for first in range(0, idx.size, per_pass):
+        chunk = idx[first:first + per_pass]
+        v = np.zeros((n_samples, chunk.size, n))
+        for u, row in enumerate(chunk):
+            v[lens > row, u, row] = 1.0
         for layer in range(n_layers - 1, start - 1, -1):
-            problem = prepare(q[:, layer], k[:, layer], q_lengths=lengths, kv_lengths=lengths,
+            ql, kl = (x[layer] if single else x[:, layer] for x in (q, k))
+            problem = prepare(ql, kl, q_lengths=int(lens[0]) if single else lens,
+                              kv_lengths=int(lens[0]) if single else lens, target=target,
                               **attention_kwargs)
-            weights = np.repeat(v, n_heads, axis=0)  # problems are (sample, head) row-major
-            received = _weighted_received_cpu(problem, weights).reshape(n_samples, n_heads, n)
-            v = residual * v + (1.0 - residual) * received.mean(axis=1)
-        valid = lengths > row
-        out[valid, u] = v[valid]
-        for s in range(n_samples):
-            out[s, u, lengths[s]:] = np.nan
+            stream = kernels.RowStream(problem)
+            sees_a_key = np.isfinite(stream.lse()).reshape(n_samples, n_heads, n).mean(axis=1)
+            row_sum = residual + (1.0 - residual) * sees_a_key  # (sample, position)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w = np.where(row_sum[:, None, :] > 0, v / row_sum[:, None, :], 0.0)
+            received = stream.received(w, n_heads).reshape(n_samples, n_heads, chunk.size, n)
+            v = residual * w + (1.0 - residual) * received.mean(axis=1)
+            v[~np.broadcast_to(valid_key[:, None, :], v.shape)] = 0.0
+        out[:, first:first + chunk.size] = v
+    row_valid = idx[None, :] < lens[:, None]  # (sample, row)
+    out[~row_valid] = np.nan
+    out[~np.broadcast_to(valid_key[:, None, :], out.shape)] = np.nan
     return out
 
 
@@ -370,12 +360,14 @@ def rollout_rows(q, k, rows, *, residual=0.5, start_layer=0, scale=None, causal=
     lengths : int or array (sample,), optional
         Valid tokens per sample; q/k past them (NaN in a dataset) are ignored.
     backend : {"auto", "cpu", "cuda"}
-        "auto" runs on the GPU for device arrays.
+        As in :func:`attnkit.attention`: "auto" runs on the GPU for device
+        arrays or where a GPU is present.
 
     Returns
     -------
     numpy.ndarray (sample, row, key), or (row, key) for 4-d inputs
-        float64; NaN for rows and keys past a sample's length.
+        float64; NaN for rows and keys past a sample's length. A numba
+        device array for GPU inputs.
 
     Examples
     --------
@@ -387,24 +379,23 @@ def rollout_rows(q, k, rows, *, residual=0.5, start_layer=0, scale=None, causal=
     >>> bool(np.allclose(got, ak.rollout(w)[[0, 5]]))
     True
     """
-    backend_name = _choose_backend(backend, q if _is_device_array(q) else k)
-    if backend_name == "cuda":
-        from .kernels.cuda import rollout as cuda_rollout
+    target = _backend.choose(backend, q=q, k=k)
+    on_device = _backend.is_device_array(q) or _backend.is_device_array(k)
+    if on_device:
+        from .kernels.cuda import runtime
 
-        return cuda_rollout.rollout_rows(q, k, rows, residual=residual, start_layer=start_layer,
-                                         scale=scale, causal=causal, mask=mask,
-                                         score_mod=score_mod, lengths=lengths,
-                                         check_finite=check_finite)
-    q, k = np.asarray(q), np.asarray(k)
-    if q.ndim not in (4, 5) or k.ndim != q.ndim:
+        q, k = (runtime.as_device(x) if _backend.is_device_array(x) else np.asarray(x)
+                for x in (q, k))
+    else:
+        q, k = np.asarray(q), np.asarray(k)
+    if len(q.shape) not in (4, 5) or len(k.shape) != len(q.shape):
         raise errors.shape_error("q, k", "(layer, head, n, d) or (sample, layer, head, n, d)",
-                                 (q.shape, k.shape), "stack the layers on one axis")
-    single = q.ndim == 4
-    if single:
-        q, k = q[None], k[None]
-    n_layers, n = q.shape[1], q.shape[3]
-    if k.shape[1] != n_layers or k.shape[3] != n:
-        raise errors.shape_error("k", f"{n_layers} layers and {n} positions like q", k.shape,
+                                 (tuple(q.shape), tuple(k.shape)), "stack the layers on one axis")
+    single = len(q.shape) == 4
+    n_layers, n = int(q.shape[-4]), int(q.shape[-2])
+    if int(k.shape[-4]) != n_layers or int(k.shape[-2]) != n:
+        raise errors.shape_error("k", f"{n_layers} layers and {n} positions like q",
+                                 tuple(k.shape),
                                  "rollout needs self-attention: keys at the query positions")
     idx = np.asarray(rows)
     if idx.ndim != 1 or idx.dtype.kind not in "iu" or (idx.size and (idx.min() < 0 or idx.max() >= n)):
@@ -412,11 +403,16 @@ def rollout_rows(q, k, rows, *, residual=0.5, start_layer=0, scale=None, causal=
                                  "pass e.g. rows=[0] for the first token")
     residual = errors.fraction("residual", residual)
     start = errors.layer_index("start_layer", start_layer, n_layers)
-    lens = as_lengths("lengths", lengths, q.shape[:1], n)
-    padding = np.arange(n)[None, :] >= lens[:, None]  # (sample, position)
-    if padding.any():  # datasets pad q/k with NaN; the kernels must never see it
-        q, k = (np.where(padding[:, None, None, :, None], 0, x) for x in (q, k))
-    out = _rollout_rows_cpu(q, k, idx.astype(np.int64), residual=residual, start=start,
-                            lengths=lens, scale=scale, causal=causal, mask=mask,
-                            score_mod=score_mod, check_finite=check_finite)
-    return out[0] if single else out
+    lens = as_lengths("lengths", lengths, () if single else (int(q.shape[0]),), n)
+    if not on_device:
+        padding = np.arange(n)[None, :] >= lens[:, None]  # (sample, position)
+        if padding.any():  # datasets pad q/k with NaN; the kernels must never see it
+            pad = padding[0, None, None, :, None] if single else padding[:, None, None, :, None]
+            q, k = (np.where(pad, 0, x) for x in (q, k))
+    out = _rollout_rows_layers(
+        q, k, idx.astype(np.int64), lens, single=single, residual=residual, start=start,
+        target=target,
+        attention_kwargs=dict(scale=scale, causal=causal, mask=mask, score_mod=score_mod,
+                              check_finite=check_finite))
+    out = out[0] if single else out
+    return runtime.to_device(out) if on_device else out

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import attnkit as ak
-from attnkit.attention import _choose_backend, _cuda_status
+from attnkit._backend import choose as choose_backend, cuda_status
 
-USABLE, REAL_GPU, REASON = _cuda_status()
+USABLE, REAL_GPU, REASON = cuda_status()
 
 
 class FakeDeviceArray:
@@ -49,7 +49,7 @@ def test_cuda_backend_without_gpu_says_why_and_how_to_fix(rng):
 @pytest.mark.skipif(REAL_GPU, reason="a GPU is present: 'auto' picks it")
 def test_auto_is_the_cpu_without_gpu(rng):
     q, k, v = _arrays(rng)
-    assert _choose_backend("auto", q=q, k=k, v=v) == "cpu"
+    assert choose_backend("auto", q=q, k=k, v=v) == "cpu"
     np.testing.assert_array_equal(ak.attention(q, k, v), ak.attention(q, k, v, backend="cpu"))
 
 
@@ -73,8 +73,8 @@ def test_cpu_backend_refuses_gpu_arrays(rng):
 def test_auto_never_selects_the_simulator():
     """With NUMBA_ENABLE_CUDASIM=1 kernels could run (slowly), but 'auto' must not pick them."""
     pytest.importorskip("numba_cuda", reason="needs the GPU extra")
-    code = ("import numpy as np; from attnkit.attention import _choose_backend, _cuda_status; "
-            "x = np.ones((2, 3)); print(_choose_backend('auto', q=x, k=x, v=x), _cuda_status()[:2])")
+    code = ("import numpy as np; from attnkit._backend import choose, cuda_status; "
+            "x = np.ones((2, 3)); print(choose('auto', q=x, k=x, v=x), cuda_status()[:2])")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)

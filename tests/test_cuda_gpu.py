@@ -11,11 +11,11 @@ import pytest
 
 import attnkit as ak
 import reference as ref
-from attnkit.attention import _cuda_status
+from attnkit._backend import cuda_status
 
-pytestmark = pytest.mark.skipif(not _cuda_status()[1], reason="needs a CUDA GPU")
+pytestmark = pytest.mark.skipif(not cuda_status()[1], reason="needs a CUDA GPU")
 
-if _cuda_status()[1]:
+if cuda_status()[1]:
     from numba import cuda
 
     from attnkit.kernels.cuda import api, tiling
@@ -160,12 +160,10 @@ def test_long_sequence_statistics_in_linear_memory(rng):
 
 @pytest.mark.parametrize("fusion", ["mean", "max"])
 def test_rollout_matches_cpu(rng, fusion):
-    from attnkit.kernels.cuda import rollout as gpu_rollout
-
     attn = rng.random((3, 12, 12, 197, 197)).astype(np.float32)
     attn /= attn.sum(-1, keepdims=True)
     lengths = np.array([197, 150, 1])
-    got = gpu_rollout.rollout(cuda.to_device(attn), lengths, fusion, 0.5, 2)
+    got = ak.rollout(cuda.to_device(attn), lengths=lengths, head_fusion=fusion, start_layer=2)
     assert isinstance(got, cuda.devicearray.DeviceNDArray)
     cpu = ak.rollout(attn, lengths=lengths, head_fusion=fusion, start_layer=2, backend="cpu")
     host = got.copy_to_host()
@@ -176,12 +174,11 @@ def test_rollout_matches_cpu(rng, fusion):
 
 
 def test_rollout_rows_from_q_and_k_match_stored_rollout(rng):
-    from attnkit.kernels.cuda import rollout as gpu_rollout
-
     q, k = _randn(rng, 2, 4, 4, 600, 64), _randn(rng, 2, 4, 2, 600, 64)  # GQA, 4 layers
     lengths = np.array([600, 450])
     rows = [0, 17, 449, 599]
-    got = gpu_rollout.rollout_rows(q, k, rows, causal=True, lengths=lengths, start_layer=1)
+    got = ak.rollout_rows(q, k, rows, causal=True, lengths=lengths, start_layer=1,
+                          backend="cuda")
     weights = np.stack([ak.attention_weights(q[:, l], k[:, l], causal=True, q_lengths=lengths,
                                              kv_lengths=lengths, backend="cpu")
                         for l in range(4)], axis=1).astype(np.float64)

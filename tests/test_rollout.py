@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import attnkit as ak
+from rollout_rows_cases import CASES, check_case
 
 
 def random_attention(rng, shape, zeros=0.0):
@@ -240,6 +241,14 @@ def test_rollout_rows_match_stored_rollout(rng, kwargs):
                       lengths=lengths)[:, rows]
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13, equal_nan=True)
     assert np.isnan(got[1, 2]).all() and np.isnan(got[2, 1]).all()  # rows past the length
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_rollout_rows_keep_empty_rows_padding_and_start_layer(rng, case):
+    rows = check_case(rng, case, "cpu")
+    if case[0] == "empty-rows":  # queries 0 and 1 see no key: their rollout row is e_i
+        np.testing.assert_array_equal(rows[:, 0], np.eye(9)[np.zeros(2, int)])
+        np.testing.assert_array_equal(rows[:, 1], np.eye(9)[np.ones(2, int)])
 
 
 def test_rollout_rows_grouped_query_and_float32(rng):

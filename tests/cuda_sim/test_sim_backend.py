@@ -5,20 +5,20 @@ import pytest
 from numba import cuda
 
 import attnkit as ak
-from attnkit.attention import _choose_backend, _cuda_status
+from attnkit._backend import choose as choose_backend, cuda_status
 
 
 def test_auto_never_selects_the_simulator_for_host_arrays():
     q = np.ones((2, 3))
-    usable, real_gpu, _ = _cuda_status()
+    usable, real_gpu, _ = cuda_status()
     assert usable and not real_gpu
-    assert _choose_backend("auto", q=q, k=q, v=q) == "cpu"
-    assert _choose_backend("cuda", q=q, k=q, v=q) == "cuda"
+    assert choose_backend("auto", q=q, k=q, v=q) == "cpu"
+    assert choose_backend("cuda", q=q, k=q, v=q) == "cuda"
 
 
 def test_auto_follows_device_arrays():
     q = cuda.to_device(np.ones((2, 3), np.float32))
-    assert _choose_backend("auto", q=q, k=np.ones((2, 3)), v=None) == "cuda"
+    assert choose_backend("auto", q=q, k=np.ones((2, 3)), v=None) == "cuda"
 
 
 def test_cpu_backend_refuses_device_arrays():

@@ -1,4 +1,4 @@
-"""CUDA rollout (attnkit.kernels.cuda.rollout) in the simulator vs a NumPy float64 formula."""
+"""CUDA rollout (ak.rollout, backend="cuda") in the simulator vs a NumPy float64 formula."""
 
 import numpy as np
 import pytest
@@ -29,6 +29,11 @@ def rollout_formula(attn, lengths, head_fusion, residual, start_layer):
     return out
 
 
+def cuda_rollout(attn, lengths, head_fusion, residual, start_layer):
+    return ak.rollout(attn, lengths=lengths, head_fusion=head_fusion, residual=residual,
+                      start_layer=start_layer, backend="cuda")
+
+
 def _attention(rng, shape, dtype=np.float64):
     a = rng.random(shape)
     a /= a.sum(-1, keepdims=True)
@@ -39,7 +44,7 @@ def _attention(rng, shape, dtype=np.float64):
 def test_matches_formula_with_ragged_lengths(rng, fusion):
     attn = _attention(rng, (3, 3, 2, 9, 9))
     lengths = np.array([9, 5, 0])
-    got = gpu.rollout(attn, lengths, fusion, 0.5, 0)
+    got = cuda_rollout(attn, lengths, fusion, 0.5, 0)
     expected = rollout_formula(attn, lengths, fusion, 0.5, 0)
     assert got.dtype == np.float64 and got.shape == (3, 9, 9)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
@@ -52,7 +57,7 @@ def test_residual_and_start_layer(rng, residual, start):
     attn = _attention(rng, (2, 4, 3, 7, 7), np.float32)
     attn[0, 2, :, 3, :] = 0.0  # a zero row: stays 0 when residual == 0
     lengths = np.array([7, 6])
-    got = gpu.rollout(attn, lengths, "mean", residual, start)
+    got = cuda_rollout(attn, lengths, "mean", residual, start)
     expected = rollout_formula(attn, lengths, "mean", residual, start)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     np.testing.assert_allclose(got, expected, atol=1e-12, rtol=0)
@@ -60,7 +65,7 @@ def test_residual_and_start_layer(rng, residual, start):
 
 def test_single_token_and_single_layer(rng):
     attn = _attention(rng, (2, 1, 2, 5, 5))
-    got = gpu.rollout(attn, np.array([1, 5]), "max", 0.5, 0)
+    got = cuda_rollout(attn, np.array([1, 5]), "max", 0.5, 0)
     np.testing.assert_allclose(got, rollout_formula(attn, [1, 5], "max", 0.5, 0), atol=1e-14)
     assert got[0, 0, 0] == 1.0 and np.isnan(got[0, 0, 1:]).all()
 
@@ -68,13 +73,13 @@ def test_single_token_and_single_layer(rng):
 def test_other_tiling(rng):
     attn = _attention(rng, (1, 2, 2, 11, 11))
     with gpu.use_tiling(gpu.GemmTiling(1, 4, 1, 1, 4)):
-        got = gpu.rollout(attn, [11], "mean", 0.5, 0)
+        got = cuda_rollout(attn, [11], "mean", 0.5, 0)
     np.testing.assert_allclose(got, rollout_formula(attn, [11], "mean", 0.5, 0), atol=1e-13)
 
 
 def test_device_in_device_out(rng):
     attn = _attention(rng, (2, 2, 2, 6, 6), np.float32)
-    got = gpu.rollout(cuda.to_device(attn), np.array([6, 4]), "mean", 0.5, 0)
+    got = cuda_rollout(cuda.to_device(attn), np.array([6, 4]), "mean", 0.5, 0)
     assert hasattr(got, "copy_to_host")
     np.testing.assert_allclose(got.copy_to_host(), rollout_formula(attn, [6, 4], "mean", 0.5, 0),
                                atol=1e-12)

@@ -187,3 +187,41 @@ def stats(p, stats: tuple, topk: int) -> dict:
         result["received"] = received.reshape((z, m))
     return {name: _result(p, arr, p.batch_shape + tuple(arr.shape[1:]))
             for name, arr in result.items()}
+
+
+#: Most weight rows one received pass carries (more rows: several passes).
+MAX_ROWS_PER_PASS = 8
+
+
+def rows_per_pass(d: int, *dtypes) -> int:
+    """Most weight rows (<= MAX_ROWS_PER_PASS) whose received kernel fits shared memory."""
+    acc = "float64" if any(np.dtype(x) == np.float64 for x in dtypes) else "float32"
+    limit = rt.max_shared_bytes()
+    t = tl.choose(d, d, acc, limit, rt.SIMULATOR, _override)
+    dp, dvp = tl.padded_dims(t, d, d)
+    rows = MAX_ROWS_PER_PASS
+    while rows > 1 and tl.layout(t, dp, dvp, np.dtype(acc).itemsize, "received",
+                                 rows=rows).nbytes > limit:
+        rows -= 1
+    return rows
+
+
+class RowStream:
+    """Weighted sums of one layer's attention rows, streamed (for :func:`attnkit.rollout_rows`).
+
+    The GPU counterpart of :class:`attnkit.kernels.cpu.api.RowStream`, with
+    the same methods; results come back to the host (they are O(rows x m)).
+    """
+
+    def __init__(self, problem) -> None:
+        self._run = _Launch(problem, with_values=False)
+        self._lse2 = self._run.lse2()
+
+    def lse(self) -> np.ndarray:
+        """(Z, n) float64 natural log-sum-exp; ``-inf`` for rows with no allowed key."""
+        return self._lse2.copy_to_host().astype(np.float64) * math.log(2.0)
+
+    def received(self, weights: np.ndarray, group: int) -> np.ndarray:
+        """(Z, R, m) float64 for ``weights`` (Z // group, R, n) float64 >= 0 on the host."""
+        w = rt.to_device(np.ascontiguousarray(weights, dtype=np.float64))
+        return self._run.received(self._lse2, w, int(group)).copy_to_host()

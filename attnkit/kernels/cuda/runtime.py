@@ -62,13 +62,6 @@ def usable() -> tuple[bool, str]:
     return False, reason
 
 
-def is_device_array(x) -> bool:
-    """A GPU array: CUDA Array Interface (CuPy, PyTorch, Numba) or a simulator array."""
-    if isinstance(x, np.ndarray):
-        return False
-    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
-
-
 if SIMULATOR:
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as _FakeCUDAArray
 
@@ -134,8 +127,8 @@ def view4d(name: str, x):
 
 
 def to_device(x):
-    """Copy a host array to the device (device arrays pass through)."""
-    if is_device_array(x):
+    """Copy a host (NumPy) array to the device; anything else is taken as on the device already."""
+    if not isinstance(x, np.ndarray):
         return x
     return cuda.to_device(np.ascontiguousarray(x))
 
