@@ -286,6 +286,8 @@ def prepare(
         or not np.isfinite(scale)
     ):
         raise errors.value_error("scale", "a finite float", repr(scale), "pass e.g. 1/sqrt(d)")
+    if target == "cuda":
+        _check_cuda_head_dims(d, None if v is None else v.shape[-1])
     compute, out_dtype = _compute_dtype(*arrays)
     batch, q_map, kv_map = batch_maps(q.shape[:-2], k.shape[:-2])
     q_len = batch_lengths("q_lengths", q_lengths, batch, n, "n")
@@ -315,6 +317,17 @@ def prepare(
         score_mod=_jit_score_mod(score_mod, int(batch[-1]) if batch else 1),
         out_dtype=out_dtype, target=target, device=device,
     )
+
+
+def _check_cuda_head_dims(d: int, dv) -> None:
+    from .kernels.cuda.tiling import MAX_HEAD_DIM
+
+    for name, size in (("d", d), ("dv", dv)):
+        if size is not None and size > MAX_HEAD_DIM:
+            raise errors.value_error(
+                f"head dim {name}", f"at most {MAX_HEAD_DIM} for backend='cuda'", size,
+                "use backend='cpu', or split the heads",
+            )
 
 
 def _four_d(x, rows, cols, name):

@@ -214,4 +214,9 @@ def attention_stats(
         q, k, scale=scale, causal=causal, mask=mask, score_mod=score_mod,
         q_lengths=q_lengths, kv_lengths=kv_lengths, check_finite=check_finite, target=target,
     )
-    return _backend.kernels(target).stats(p, stats, topk)
+    per_query = [name for name in stats if name != "received"]
+    computed = _backend.kernels(target).stats(p, bool(per_query), topk, "received" in stats)
+    names = per_query + (["argmax"] if "max" in stats else [])
+    names += ["topk_index", "topk_value"] if topk else []
+    names += ["received"] if "received" in stats else []
+    return {name: computed[name] for name in names}

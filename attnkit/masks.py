@@ -491,8 +491,10 @@ def parse(spec: str) -> Mask:
     """Build a mask from text such as ``"local:256&causal"`` (for the CLI).
 
     Terms are ``causal[:offset]``, ``full``, ``local:W``, ``strided:S``,
-    ``global:i,j,...`` and ``random:DENSITY`` (64-token tiles, seed 0), optionally prefixed by ``~``, joined by ``&`` or ``|``
-    and read left to right (no precedence, no parentheses).
+    ``global:i,j,...`` and ``random:DENSITY`` (64-token tiles, seed 0),
+    combined as in Python: ``~`` (not) binds tighter than ``&`` (and), which
+    binds tighter than ``|`` (or); parentheses group. So ``"a|b&c"`` means
+    ``a | (b & c)``, like ``a | b & c`` in Python.
 
     Examples
     --------
@@ -501,44 +503,96 @@ def parse(spec: str) -> Mask:
     array([[1, 0, 0],
            [1, 1, 0],
            [0, 1, 1]])
+    >>> spec = "global:0|local:2&causal"            # global:0 | (local:2 & causal)
+    >>> same = ak.masks.global_tokens([0]) | ak.masks.local(2) & ak.masks.causal()
+    >>> bool((ak.masks.parse(spec).dense(4) == same.dense(4)).all())
+    True
     """
     if not isinstance(spec, str) or not spec.strip():
         raise value_error("mask spec", "text like 'local:256&causal'", repr(spec), "see masks.parse")
     tokens = [t for t in _split(spec.replace(" ", "")) if t]
-    result: Mask | None = None
-    pending = "&"
-    for token in tokens:
-        if token in "&|":
-            pending = token
-            continue
-        negate = token.startswith("~")
-        name, _, arg = token.lstrip("~").partition(":")
-        if name not in _PARSERS:
-            raise value_error(
-                "mask spec", f"terms from {sorted(_PARSERS)}", repr(token),
-                "write e.g. 'local:256', 'strided:64', 'global:0', 'causal'",
-            )
-        try:
-            term = _PARSERS[name](arg)
-        except ValueError as exc:
-            if "Fix:" in str(exc):
-                raise
-            raise value_error("mask spec", f"an integer argument for {name!r}", repr(arg),
-                              f"write e.g. '{name}:16'") from None
-        term = ~term if negate else term
-        result = term if result is None else (result & term if pending == "&" else result | term)
-    if result is None:
+    if all(t in _OPERATORS for t in tokens):
         raise value_error("mask spec", "at least one term", repr(spec), "write e.g. 'causal'")
+    parser = _Parser(tokens, spec)
+    result = parser.union()
+    if parser.pos < len(tokens):
+        parser.fail(f"an operator & or | before {tokens[parser.pos]!r}",
+                    "join terms with & or |, and close every '(' once")
     return result
 
 
+_OPERATORS = "&|~()"
+
+
 def _split(spec: str):
+    """Terms and the one-character operators of ``spec``, in order."""
     token = ""
     for ch in spec:
-        if ch in "&|":
+        if ch in _OPERATORS:
             yield token
             yield ch
             token = ""
         else:
             token += ch
     yield token
+
+
+class _Parser:
+    """Recursive descent over the tokens: union := inter ('|' inter)*, inter := unary ('&' unary)*."""
+
+    def __init__(self, tokens, spec):
+        self.tokens, self.spec, self.pos = tokens, spec, 0
+
+    def fail(self, expected: str, fix: str):
+        raise value_error("mask spec", expected, repr(self.spec), fix)
+
+    def peek(self):
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def union(self) -> Mask:
+        result = self.intersection()
+        while self.peek() == "|":
+            self.pos += 1
+            result = result | self.intersection()
+        return result
+
+    def intersection(self) -> Mask:
+        result = self.unary()
+        while self.peek() == "&":
+            self.pos += 1
+            result = result & self.unary()
+        return result
+
+    def unary(self) -> Mask:
+        token = self.peek()
+        if token == "~":
+            self.pos += 1
+            return ~self.unary()
+        if token == "(":
+            self.pos += 1
+            inner = self.union()
+            if self.peek() != ")":
+                self.fail("a ')' closing every '('", "balance the parentheses")
+            self.pos += 1
+            return inner
+        if token is None or token in _OPERATORS:
+            where = "at the end" if token is None else f"before {token!r}"
+            self.fail(f"a term {where}", "write a term such as 'causal' on each side of & and |")
+        self.pos += 1
+        return _term(token)
+
+
+def _term(token: str) -> Mask:
+    name, _, arg = token.partition(":")
+    if name not in _PARSERS:
+        raise value_error(
+            "mask spec", f"terms from {sorted(_PARSERS)}", repr(token),
+            "write e.g. 'local:256', 'strided:64', 'global:0', 'causal'",
+        )
+    try:
+        return _PARSERS[name](arg)
+    except ValueError as exc:
+        if "Fix:" in str(exc):
+            raise
+        raise value_error("mask spec", f"an integer argument for {name!r}", repr(arg),
+                          f"write e.g. '{name}:16'") from None

@@ -55,7 +55,8 @@ def _load(inputs: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--causal", is_flag=True, help="Each query sees only keys at or before it.")
 @click.option("--mask", "mask_spec", default=None, metavar="SPEC",
-              help="Mask such as 'local:256', 'strided:64|local:64', 'global:0', '~causal'.")
+              help="Mask such as 'local:256', 'strided:64|local:64', 'global:0', '~causal'; "
+                   "~ before & before |, as in Python, and (parentheses).")
 @click.option("--scale", type=float, default=None, help="Score scale (default 1/sqrt(d)).")
 @click.option("--variant", type=click.Choice(["softmax", "linear"]), default="softmax",
               show_default=True,

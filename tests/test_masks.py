@@ -367,9 +367,12 @@ def _parse_cases(rng):
         (f"strided:{s}|local:{w}", M.strided(s) | M.local(w)),
         ("~causal", ~M.causal()),
         (f" local : {w} & ~ strided:{s} ", M.local(w) & ~M.strided(s)),
-        # read left to right, no precedence: (causal | local) & strided
-        (f"causal|local:{w}&strided:{s}", (M.causal() | M.local(w)) & M.strided(s)),
+        # Python's precedence: ~ before & before |, and parentheses group
+        (f"causal|local:{w}&strided:{s}", M.causal() | (M.local(w) & M.strided(s))),
         (f"strided:{s}&local:{w}|global:{g[0]}", (M.strided(s) & M.local(w)) | M.global_tokens([g[0]])),
+        (f"(causal|local:{w})&strided:{s}", (M.causal() | M.local(w)) & M.strided(s)),
+        (f"~(causal|strided:{s})&local:{w}", ~(M.causal() | M.strided(s)) & M.local(w)),
+        (f"~~causal|((global:{g[1]}))", ~~M.causal() | M.global_tokens([g[1]])),
     ]
 
 
@@ -379,12 +382,15 @@ def test_parse(rng):
         assert_array_equal(ak.masks.parse(spec).dense(n, m), want.dense(n, m), err_msg=spec)
 
 
-def test_parse_is_left_to_right(rng):
+def test_parse_follows_python_precedence(rng):
     w, s = int(rng.integers(2, 10)), int(rng.integers(2, 5))
     n = 40
-    left = ak.masks.parse(f"causal|local:{w}&strided:{s}").dense(n)
-    precedence = (ak.masks.causal() | (ak.masks.local(w) & ak.masks.strided(s))).dense(n)
-    assert not np.array_equal(left, precedence)
+    M = ak.masks
+    parsed = M.parse(f"causal|local:{w}&strided:{s}").dense(n)
+    python = (M.causal() | M.local(w) & M.strided(s)).dense(n)
+    left_to_right = ((M.causal() | M.local(w)) & M.strided(s)).dense(n)
+    assert_array_equal(parsed, python)
+    assert not np.array_equal(parsed, left_to_right)
 
 
 @pytest.mark.parametrize(
@@ -401,6 +407,11 @@ def test_parse_is_left_to_right(rng):
         ("local:0", r"window: expected a positive int, got 0"),
         ("strided:-3", r"stride: expected a positive int, got -3"),
         ("&", r"mask spec: expected at least one term"),
+        ("causal&", r"mask spec: expected a term at the end"),
+        ("causal&|local:2", r"mask spec: expected a term before '\|'"),
+        ("(causal|local:2", r"mask spec: expected a '\)' closing every '\('"),
+        ("causal)", r"mask spec: expected an operator & or \| before '\)'"),
+        ("causal(local:2)", r"mask spec: expected an operator & or \| before '\('"),
     ],
 )
 def test_parse_errors(spec, match):

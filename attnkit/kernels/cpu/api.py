@@ -92,13 +92,16 @@ def weights(p):
     return _batched(p, out)
 
 
-def stats(p, stats: tuple, topk: int) -> dict:
-    """The dict of :func:`attnkit.attention_stats` (float64 / int64 arrays)."""
+def stats(p, per_query: bool, topk: int, received: bool) -> dict:
+    """Per-query statistics (entropy, max, argmax, distance, top-k) and/or received attention.
+
+    Returns a dict of float64 / int64 arrays, shaped (batch..., n[, topk]) or
+    (batch..., m) for "received"; :func:`attnkit.attention_stats` picks from it.
+    """
     kern = _Kernels(p)
     lse = _lse(p, kern).astype(np.float64)
     z, n, m = p.n_problems, p.n, p.m
     result: dict[str, np.ndarray] = {}
-    per_query = {"entropy", "max", "distance"} & set(stats)
     if per_query or topk:
         entropy, maxprob, distance = (np.empty((z, n)) for _ in range(3))
         argmax = np.empty((z, n), dtype=np.int64)
@@ -106,18 +109,11 @@ def stats(p, stats: tuple, topk: int) -> dict:
         top_v = np.empty((z, n, topk))
         kern.query_stats(*_common(p), lse, block_q(p), BLOCK_K,
                          entropy, maxprob, argmax, distance, top_i, top_v)
-        named = {"entropy": entropy, "max": maxprob, "argmax": argmax, "distance": distance}
-        for name in stats:
-            if name in per_query:
-                result[name] = named[name]
-        if "max" in stats:
-            result["argmax"] = argmax
-        if topk:
-            result["topk_index"], result["topk_value"] = top_i, top_v
-    if "received" in stats:
-        received = np.empty((z, m))
-        kern.key_received(*_common(p), lse, BLOCK_Q, BLOCK_K, received)
-        result["received"] = received
+        result.update(entropy=entropy, max=maxprob, argmax=argmax, distance=distance,
+                      topk_index=top_i, topk_value=top_v)
+    if received:
+        result["received"] = np.empty((z, m))
+        kern.key_received(*_common(p), lse, BLOCK_Q, BLOCK_K, result["received"])
     return {name: _batched(p, arr) for name, arr in result.items()}
 
 

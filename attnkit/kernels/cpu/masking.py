@@ -35,7 +35,7 @@ _STACK = 16  # == attnkit.masks.MAX_STACK_DEPTH
 
 
 @njit(cache=True, nogil=True)
-def _leaf_allows(op, a, b, c, d, aux, qi, kj):
+def leaf_allows(op, a, b, c, d, aux, qi, kj):
     if op == OP_ALL:
         return True
     if op == OP_CAUSAL:
@@ -74,7 +74,7 @@ def mask_allows(ops, aux, qi, kj):
         elif op == OP_NOT:
             stack[top - 1] = not stack[top - 1]
         else:
-            stack[top] = _leaf_allows(op, ops[t, 1], ops[t, 2], ops[t, 3], ops[t, 4], aux, qi, kj)
+            stack[top] = leaf_allows(op, ops[t, 1], ops[t, 2], ops[t, 3], ops[t, 4], aux, qi, kj)
             top += 1
     return stack[0]
 

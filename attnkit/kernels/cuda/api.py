@@ -157,13 +157,12 @@ def _topk_cap(topk: int) -> int:
     return 0 if topk == 0 else 1 << (topk - 1).bit_length()
 
 
-def stats(p, stats: tuple, topk: int) -> dict:
-    """The dict of :func:`attnkit.attention_stats` (float64 / int64 arrays)."""
+def stats(p, per_query: bool, topk: int, received: bool) -> dict:
+    """As :func:`attnkit.kernels.cpu.api.stats` (float64 / int64 arrays)."""
     run = _Launch(p, with_values=False)
     lse2 = run.lse2()
     z, n, m = p.n_problems, p.n, p.m
     result = {}
-    per_query = {"entropy", "max", "distance"} & set(stats)
     if per_query or topk:
         entropy, maxprob, distance = (rt.empty((z, n), np.float64) for _ in range(3))
         argmax = rt.empty((z, n), np.int64)
@@ -173,18 +172,12 @@ def stats(p, stats: tuple, topk: int) -> dict:
                                        _topk_cap(topk))
         rt.launch(kern, run.query_blocks(), run.block, lay.nbytes, *run.common(), lse2,
                   np.int64(topk), entropy, maxprob, argmax, distance, top_i, top_v)
-        named = {"entropy": entropy, "max": maxprob, "argmax": argmax, "distance": distance}
-        for name in stats:
-            if name in per_query:
-                result[name] = named[name]
-        if "max" in stats:
-            result["argmax"] = argmax
+        result.update(entropy=entropy, max=maxprob, argmax=argmax, distance=distance)
         if topk:
-            result["topk_index"], result["topk_value"] = top_i, top_v
-    if "received" in stats:
+            result.update(topk_index=top_i, topk_value=top_v)
+    if received:
         ones = rt.to_device(np.ones((1, 1, max(n, 1))))
-        received = run.received(lse2, ones, max(z, 1))
-        result["received"] = received.reshape((z, m))
+        result["received"] = run.received(lse2, ones, max(z, 1)).reshape((z, m))
     return {name: _result(p, arr, p.batch_shape + tuple(arr.shape[1:]))
             for name, arr in result.items()}
 
@@ -195,6 +188,8 @@ MAX_ROWS_PER_PASS = 8
 
 def rows_per_pass(d: int, *dtypes) -> int:
     """Most weight rows (<= MAX_ROWS_PER_PASS) whose received kernel fits shared memory."""
+    if d > tl.MAX_HEAD_DIM:  # prepare() refuses the problem with a clear error
+        return MAX_ROWS_PER_PASS
     acc = "float64" if any(np.dtype(x) == np.float64 for x in dtypes) else "float32"
     limit = rt.max_shared_bytes()
     t = tl.choose(d, d, acc, limit, rt.SIMULATOR, _override)

@@ -32,12 +32,9 @@ MASK_NONE = 0
 MASK_BAND = 1
 MASK_GENERAL = 2
 
-_BAND_OPS = (OP_ALL, OP_CAUSAL, OP_LOCAL, OP_AND)
-
-
 def is_band(ops) -> bool:
     """True when every op is all/causal/local/and: each row allows one key interval."""
-    return all(int(op) in _BAND_OPS for op in ops[:, 0])
+    return bool(_cpu.is_band(np.ascontiguousarray(ops, dtype=np.int64)))
 
 
 @njit(parallel=True, cache=True)
@@ -75,7 +72,7 @@ def mask_kind(ops) -> int:
 
 
 # The CPU backend's leaf test, compiled as a device function: one definition of each mask.
-_leaf_allows = cuda.jit(device=True, inline="always")(_cpu._leaf_allows.py_func)
+leaf_allows = cuda.jit(device=True, inline="always")(_cpu.leaf_allows.py_func)
 
 
 @cuda.jit(device=True, inline="always")
@@ -93,23 +90,11 @@ def allows(ops, aux, qi, kj):
         elif op == OP_NOT:
             stack ^= 1
         else:
-            bit = 1 if _leaf_allows(op, ops[t, 1], ops[t, 2], ops[t, 3], ops[t, 4], aux, qi, kj) \
+            bit = 1 if leaf_allows(op, ops[t, 1], ops[t, 2], ops[t, 3], ops[t, 4], aux, qi, kj) \
                 else 0
             stack = (stack << 1) | bit
     return ops.shape[0] == 0 or (stack & 1) != 0
 
 
-@cuda.jit(device=True, inline="always")
-def band_bounds(ops, qi):
-    """Allowed keys ``[lo, hi)`` of row ``qi`` for a band mask (see :func:`is_band`)."""
-    lo = -(1 << 62)
-    hi = 1 << 62
-    for t in range(ops.shape[0]):
-        op = ops[t, 0]
-        a = ops[t, 1]
-        if op == OP_CAUSAL:
-            hi = min(hi, qi + a + 1)
-        elif op == OP_LOCAL:
-            lo = max(lo, qi - a + 1)
-            hi = min(hi, qi + a)
-    return lo, hi
+#: Allowed keys ``[lo, hi)`` of row ``qi`` for a band mask: the CPU backend's own function.
+band_bounds = cuda.jit(device=True, inline="always")(_cpu.band_bounds.py_func)

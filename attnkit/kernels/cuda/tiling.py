@@ -28,8 +28,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ...errors import value_error
-
 #: Largest head dim (of q/k and of v) the CUDA kernels accept.
 MAX_HEAD_DIM = 256
 
@@ -179,14 +177,9 @@ def choose(d: int, dv: int, acc, max_bytes: int, simulator: bool = False,
            override: Tiling | None = None) -> Tiling:
     """The tiling for head dims (d, dv) and accumulation dtype ``acc``.
 
-    Raises ValueError when a head dim is over :data:`MAX_HEAD_DIM`.
+    Head dims must be at most :data:`MAX_HEAD_DIM` (checked by the caller,
+    :func:`attnkit._prepare.prepare`).
     """
-    for name, size in (("d", d), ("dv", dv)):
-        if size > MAX_HEAD_DIM:
-            raise value_error(
-                f"head dim {name}", f"at most {MAX_HEAD_DIM} for backend='cuda'", size,
-                "use backend='cpu', or split the heads",
-            )
     itemsize = np.dtype(acc).itemsize
     if override is not None or simulator:
         return with_value_dim(override or SIMULATOR_TILING, dv)
@@ -195,7 +188,5 @@ def choose(d: int, dv: int, acc, max_bytes: int, simulator: bool = False,
         t = with_value_dim(cand, dv)
         if fits(t, d, dv, itemsize, max_bytes):
             return t
-    raise value_error(  # pragma: no cover - every device has 48 KB
-        "head dims", f"a tiling that fits {max_bytes} bytes of shared memory", (d, dv),
-        "use backend='cpu'",
-    )
+    raise RuntimeError(  # pragma: no cover - every device has 48 KB; d <= MAX_HEAD_DIM fits
+        f"no CUDA tiling fits head dims {(d, dv)} in {max_bytes} bytes of shared memory")
