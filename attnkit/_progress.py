@@ -1,7 +1,9 @@
 """A progress reporter shared by the model and ablation loops.
 
-``progress`` arguments accept ``False`` (silent), ``True`` (a click progress
-bar on stderr) or a callable ``f(done, total)`` called after every step.
+``progress`` arguments accept ``None`` (the ``progress`` option of
+:func:`attnkit.set_options`, False by default), ``False`` (silent), ``True``
+(a click progress bar on stderr) or a callable ``f(done, total)`` called
+after every step.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ def progress_bar(progress, total: int, label: str):
     >>> seen
     [(2, 3), (3, 3)]
     """
-    if progress is None or progress is False:
+    if progress is None:
+        from .options import get_options
+
+        progress = get_options()["progress"]
+    if progress is False:
         yield lambda n: None
         return
     if callable(progress) and progress is not True:

@@ -157,7 +157,7 @@ def _methods(method):
 
 # ----------------------------------------------------------------------------- ablate
 def ablate(model, inputs, *, method="delete", metric="cosine", positions=None, special="nan",
-           mask_id=None, batch_size=64, progress=False):
+           mask_id=None, batch_size=64, progress=None):
     """Leave-one-out ablation impact of every token (or chosen positions).
 
     Parameters
@@ -193,8 +193,9 @@ def ablate(model, inputs, *, method="delete", metric="cosine", positions=None, s
         The mask token id for ``method="mask"``; default ``model.mask_token_id``.
     batch_size : int
         Ablated sequences per model call.
-    progress : bool or callable
-        A progress bar on stderr (True) or ``f(done, total)``.
+    progress : bool, callable or None
+        A progress bar on stderr (True), ``f(done, total)``, or None for the
+        ``progress`` option of :func:`attnkit.set_options` (off by default).
 
     Returns
     -------

@@ -13,8 +13,9 @@ __all__ = ["get_options", "set_options"]
 _DEFAULTS: dict[str, Any] = {
     # attention_weights refuses to build a result larger than this many bytes.
     "weights_max_bytes": 2 * 1024**3,
-    # Show progress bars on long-running multi-item work.
-    "progress": True,
+    # What progress=None means for long-running multi-item work (MiniLM.run/embed, ablate):
+    # a progress bar on stderr (True) or silence (False).
+    "progress": False,
 }
 _OPTIONS: dict[str, Any] = dict(_DEFAULTS)
 
@@ -54,7 +55,10 @@ class set_options:
     weights_max_bytes : int
         Largest result :func:`attnkit.attention_weights` may allocate (default 2 GiB).
     progress : bool
-        Whether long-running work shows progress bars.
+        Whether long-running work (``MiniLM.run``, ``MiniLM.embed``,
+        :func:`attnkit.ablate`) shows a progress bar on stderr when its own
+        ``progress`` argument is left at None (default False). The CLI shows
+        bars unless ``--quiet``.
 
     Examples
     --------

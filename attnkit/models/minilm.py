@@ -451,7 +451,7 @@ class MiniLM:
         return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
 
     def embed(self, inputs, *, batch_size=32, max_length=None, position_embeddings=True,
-              zero=None, progress=False) -> np.ndarray:
+              zero=None, progress=None) -> np.ndarray:
         """Sentence embeddings only (fused attention, no weights kept).
 
         Parameters
@@ -465,8 +465,9 @@ class MiniLM:
             See :meth:`forward`.
         zero : array_like of int, optional
             Per input, a position whose word embedding is zeroed (-1: none).
-        progress : bool or callable
-            A progress bar on stderr (True) or ``f(done, total)``.
+        progress : bool, callable or None
+            A progress bar on stderr (True), ``f(done, total)``, or None for the
+            ``progress`` option of :func:`attnkit.set_options` (off by default).
 
         Returns
         -------
@@ -510,7 +511,7 @@ class MiniLM:
         return view
 
     def run(self, inputs, *, batch_size=32, max_length=None, position_embeddings=True,
-            qk=True, progress=False, source="", attrs=None):
+            qk=True, progress=None, source="", attrs=None):
         """Run the model and return a schema-1 attention dataset.
 
         Parameters
@@ -524,8 +525,9 @@ class MiniLM:
             See :meth:`forward`.
         qk : bool
             Store the per-head queries and keys ``q``, ``k``.
-        progress : bool or callable
-            A progress bar on stderr (True) or ``f(done, total)``.
+        progress : bool, callable or None
+            A progress bar on stderr (True), ``f(done, total)``, or None for the
+            ``progress`` option of :func:`attnkit.set_options` (off by default).
         source : str
             Stored as the ``source`` attr (e.g. the input file).
         attrs : dict, optional
