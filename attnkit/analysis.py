@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import errors
+from .constants import SCORE_KINDS
 
 __all__ = ["analyze", "AnalysisResult", "QUICK_SAMPLES"]
 
@@ -232,7 +233,7 @@ def _markdown(tables, seconds, ds, quick) -> str:
     return "\n".join(parts)
 
 
-def analyze(data, output_dir=None, *, quick: bool = False, scores=("raw", "rollout", "flow", "grad"),
+def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
             methods=("spearman", "kendall"), residual: float = 0.5, n_boot: int = 1000,
             seed: int = 0, equivariance: bool = True, figures: bool = True, progress=None):
     """Run the whole analysis of an attention dataset.
@@ -276,9 +277,9 @@ def analyze(data, output_dir=None, *, quick: bool = False, scores=("raw", "rollo
     import attnkit as ak
 
     ds = ak.open_dataset(data) if isinstance(data, (str, Path)) else data
-    unknown = set(scores) - set(ak.SCORE_KINDS)
+    unknown = set(scores) - set(SCORE_KINDS)
     if unknown:
-        raise errors.value_error("scores", f"a subset of {ak.SCORE_KINDS}", sorted(unknown),
+        raise errors.value_error("scores", f"a subset of {SCORE_KINDS}", sorted(unknown),
                                  "drop the unknown names")
     if quick:
         ds = ds.isel(sample=slice(0, QUICK_SAMPLES))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import errors
+from .constants import CORRELATION_METHODS, SPECIAL_TOKENS
 
 __all__ = [
     "correlate",
@@ -39,14 +40,9 @@ __all__ = [
     "SPECIAL_TOKENS",
 ]
 
-METHODS = ("kendall", "spearman", "pearson")
+METHODS = CORRELATION_METHODS
 PVALUE_METHODS = ("auto", "asymptotic")
 
-#: Tokens dropped by ``exclude="special"`` (BERT, RoBERTa/GPT-2, SentencePiece).
-SPECIAL_TOKENS = frozenset({
-    "[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<cls>", "<sep>", "<bos>", "<eos>",
-    "<|endoftext|>",
-})
 
 
 class DegenerateInputWarning(RuntimeWarning):

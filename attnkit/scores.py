@@ -17,11 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors
+from .constants import SCORE_KINDS
 from .rollout import prefix_rows
 
 __all__ = ["attention_scores", "SCORE_KINDS"]
 
-SCORE_KINDS = ("raw", "rollout", "flow", "grad")
+# SCORE_KINDS is defined in attnkit.constants and re-exported here (ak.SCORE_KINDS).
 
 
 def _layers(layers, n_layers: int) -> list[int]:

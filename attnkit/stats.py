@@ -15,12 +15,12 @@ import numpy as np
 
 from . import errors
 from ._attn_input import apply_to_xarray, attention_and_lengths, attention_stack, is_xarray
+from .constants import CLS_TOKENS, SEP_TOKENS
 
 __all__ = ["head_stats", "STAT_DESCRIPTIONS", "CLS_TOKENS", "SEP_TOKENS"]
 
 #: Tokens counted as [CLS]-like (sequence start) and [SEP]-like (separator / end).
-CLS_TOKENS = ("[CLS]", "<s>", "<cls>", "<|begin_of_text|>", "<bos>")
-SEP_TOKENS = ("[SEP]", "</s>", "<sep>", "<|end_of_text|>", "<|endoftext|>", "<eos>")
+# (defined in attnkit.constants, re-exported here)
 
 #: Variables of the head_stats Dataset and what they mean.
 STAT_DESCRIPTIONS = {

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from attnkit.constants import CORRELATION_METHODS, SCORE_KINDS
+
 from ._common import UserError, emit, user_errors
 
 #: The shipped real dataset (run from the repository root).
@@ -47,10 +49,10 @@ def _print_tables(tables: dict, fmt: str) -> None:
               show_default=True, help="Folder for analysis.nc, report.md and the figures.")
 @click.option("--quick", is_flag=True, help="Smoke run on the first few samples.")
 @click.option("--score", "scores", multiple=True,
-              type=click.Choice(["raw", "rollout", "flow", "grad"]),
+              type=click.Choice(SCORE_KINDS),
               help="Scores to correlate with impact (repeatable; default all available).")
 @click.option("--method", "methods", multiple=True,
-              type=click.Choice(["spearman", "kendall", "pearson"]),
+              type=click.Choice(CORRELATION_METHODS),
               help="Correlation methods (repeatable; default spearman and kendall).")
 @click.option("--no-equivariance", is_flag=True, help="Skip the equivariance checks.")
 @click.option("--no-figures", is_flag=True, help="Skip the figures.")
@@ -83,7 +85,7 @@ def analyze(file, output, quick, scores, methods, no_equivariance, no_figures, s
             click.echo(line, err=True)
 
     result = run_analysis(
-        file, output, quick=quick, scores=scores or ("raw", "rollout", "flow", "grad"),
+        file, output, quick=quick, scores=scores or SCORE_KINDS,
         methods=methods or ("spearman", "kendall"), seed=seed,
         equivariance=not no_equivariance, figures=not no_figures, progress=progress)
     if quiet:

@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from attnkit.constants import CORRELATION_METHODS, CORRELATION_NAMES, SCORE_KINDS
+
 from ._common import UserError, emit, format_option, user_errors
 
-SCORES = ("raw", "rollout", "flow", "grad")
 SCORE_HELP = {
     "raw": "attention from [CLS] (query 0) to each key at the layer, mean over heads",
     "rollout": "row 0 of attention rollout over layers 0..layer",
@@ -107,18 +108,18 @@ def _check_output(output):
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True))
-@click.option("--score", "scores", type=click.Choice(SCORES), multiple=True, default=("raw",),
+@click.option("--score", "scores", type=click.Choice(SCORE_KINDS), multiple=True, default=("raw",),
               show_default=True,
               help="Attention score per position (repeat for several): "
                    + "; ".join(f"{k}: {v}" for k, v in SCORE_HELP.items()) + ".")
 @click.option("--layer", "layer_spec", default="all", show_default=True, metavar="LAYERS",
               help="Layers (0-based): 'all', '5', '0,2,5', '3-5', '-1' for the last.")
-@click.option("--method", type=click.Choice(["kendall", "spearman", "pearson"]),
+@click.option("--method", type=click.Choice(CORRELATION_METHODS),
               default="kendall", show_default=True, help="Correlation statistic.")
 @click.option("--impact", "impacts", multiple=True, metavar="NAME",
               help="Impact method(s) of the dataset's `impact` variable, e.g. delete or mask "
                    "(default: every one).")
-@click.option("--versus", type=click.Choice(SCORES), default=None,
+@click.option("--versus", type=click.Choice(SCORE_KINDS), default=None,
               help="Also compare every other score with this one, sample by sample: mean "
                    "difference of the statistics with its bootstrap CI.")
 @click.option("--keep-special", is_flag=True,
@@ -216,8 +217,7 @@ def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, r
     if quiet:
         return
     if fmt == "table":
-        name = {"kendall": "Kendall tau-b", "spearman": "Spearman rho", "pearson": "Pearson r"}
-        click.echo(f"{name[method]} between attention scores and leave-one-out impact, per "
+        click.echo(f"{CORRELATION_NAMES[method]} between attention scores and leave-one-out impact, per "
                    f"sample over its tokens{' except [CLS]/[SEP]' if exclude else ''}; mean over "
                    f"{ds.sizes['sample']} samples with {ci:.0%} bootstrap CI (n_boot {n_boot}, "
                    f"seed {seed}); significant = fraction of samples with p < {alpha:g}")

@@ -392,3 +392,17 @@ def test_input_errors():
         ak.correlate(da, da, dim="token")
     with pytest.raises(ValueError, match="over: expected dims among"):
         ak.correlate(da, da, over="layer")
+
+
+def test_special_tokens_are_the_ones_head_stats_counts():
+    """One definition: exclude="special" drops every [CLS]-/[SEP]-like token of head_stats."""
+    from attnkit.constants import CLS_TOKENS, SEP_TOKENS, SPECIAL_TOKENS
+
+    assert set(CLS_TOKENS) | set(SEP_TOKENS) <= SPECIAL_TOKENS
+    tokens = ["<|begin_of_text|>", "a", "b", "c", "d", "<|end_of_text|>"]
+    x = np.array([[9.0, 1.0, 2.0, 3.0, 4.0, -9.0]])
+    y = np.array([[-9.0, 1.0, 2.0, 4.0, 3.0, 9.0]])
+    kept = ak.correlate(x, y, method="spearman", exclude="special", tokens=[tokens])
+    inner = ak.correlate(x[:, 1:-1], y[:, 1:-1], method="spearman")
+    np.testing.assert_allclose(kept.statistic, inner.statistic, rtol=1e-12)
+    assert np.isfinite(kept.statistic).all()
