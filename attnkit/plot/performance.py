@@ -14,14 +14,15 @@ from .common import CATEGORICAL, MARKERS, figure_and_axes, integer_log2_axis, ne
 __all__ = ["load_results", "throughput_plot", "memory_plot", "cost_plot"]
 
 
-def load_results(path="paper/results"):
+def load_results(path):
     """Load benchmark results: every ``*.json`` of a folder, or one file.
 
     Parameters
     ----------
     path : str or os.PathLike, dict or list of dict
-        A folder (all its .json files, in name order), one .json file, or
-        already loaded results (returned as a list).
+        A folder (all its .json files, in name order, e.g. a checkout's
+        ``paper/results``), one .json file, or already loaded results
+        (returned as a list). Required: there is no default folder.
 
     Returns
     -------
@@ -184,7 +185,7 @@ def _perf_figure(results, value: str, ylabel: str, title: str, fig, *, logy: boo
     return fig
 
 
-def throughput_plot(results="paper/results", *, metric="gflops", fig=None):
+def throughput_plot(results, *, metric="gflops", fig=None):
     """Attention throughput (or time) vs sequence length, per backend and peer.
 
     Reads every attention benchmark (a ``benchmark`` name or file name containing
@@ -199,6 +200,7 @@ def throughput_plot(results="paper/results", *, metric="gflops", fig=None):
     ----------
     results : path, dict or list of dict
         A results folder, a .json file, or loaded results (:func:`load_results`).
+        Required: there is no default folder.
     metric : {"gflops", "time"}
         GFLOP/s (higher is better) or median seconds per call.
     fig : matplotlib.figure.Figure, optional
@@ -227,12 +229,23 @@ def throughput_plot(results="paper/results", *, metric="gflops", fig=None):
                         "Attention forward time vs length", fig, logy=True)
 
 
-def memory_plot(results="paper/results", *, fig=None):
+def memory_plot(results, *, fig=None):
     """Peak extra memory of one attention call vs sequence length, per backend and peer.
 
     Uses the records' ``peak_extra_mb`` (or ``peak_mb``, ``peak_memory_mb``,
     ``peak_gb``, ``peak_bytes``): memory allocated beyond the inputs during
     the call. Layout as in :func:`throughput_plot` (log-log axes).
+
+    Parameters
+    ----------
+    results : path, dict or list of dict
+        A results folder, a .json file, or loaded results (:func:`load_results`).
+        Required: there is no default folder.
+    fig : matplotlib.figure.Figure, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
 
     Examples
     --------
@@ -246,7 +259,7 @@ def memory_plot(results="paper/results", *, fig=None):
                         "Peak memory of one attention call vs length", fig, logy=True)
 
 
-def cost_plot(results="paper/results", *, ax=None):
+def cost_plot(results, *, ax=None):
     """Time vs sequence length per attention pattern (full, local, sparse, strided, linear).
 
     Reads the ``attention_cost`` result (``series``: pattern -> points with
@@ -257,6 +270,7 @@ def cost_plot(results="paper/results", *, ax=None):
     ----------
     results : path, dict or list of dict
         A results folder, ``attention_cost.json`` or loaded results.
+        Required: there is no default folder.
     ax : matplotlib.axes.Axes, optional
 
     Returns
