@@ -61,62 +61,39 @@ def load_results(path):
     return results
 
 
-_SERIES_KEYS = ("method", "backend", "peer", "impl", "implementation")
-_PANEL_KEYS = ("mask", "case", "pattern", "kind")
-_N_KEYS = ("n", "seq_len", "length", "sequence_length")
-_MEMORY_KEYS = (("peak_extra_mb", 1.0), ("peak_mb", 1.0), ("peak_memory_mb", 1.0),
-                ("peak_gb", 1024.0), ("peak_bytes", 1.0 / 2**20))
-
-
-def _device_of(result: dict, record: dict) -> str:
-    for value in (record.get("device"), record.get("backend"), result.get("device"),
-                  result.get("benchmark"), result.get("_file")):
-        if isinstance(value, str) and any(w in value.lower() for w in ("gpu", "cuda", "h100",
-                                                                       "h200", "a100")):
-            return "GPU"
+def _device(result: dict) -> str:
+    """The row of a result: GPU when its ``machine`` names a GPU (as gpu_attention.py's
+    ``machine.gpu`` does), else CPU."""
     machine = result.get("machine")
-    if isinstance(machine, dict) and machine.get("gpu"):
-        return "GPU"
-    return "CPU"
-
-
-def _first(record: dict, keys):
-    for key in keys:
-        if key in record and record[key] is not None:
-            return record[key]
-    return None
+    return "GPU" if isinstance(machine, dict) and machine.get("gpu") else "CPU"
 
 
 def _records(results):
-    """Flat benchmark records: device, series, panel, n, gflops, time_s, memory_mb."""
+    """Flat benchmark records: device, series, panel, n, gflops, time_s, memory_mb.
+
+    Reads the keys the attention benchmarks write per record: ``method``,
+    ``n``, ``mask``, ``gflops`` (CPU) or ``tflops`` (GPU),
+    ``median_s`` and ``peak_extra_mb``.
+    """
     out = []
     for result in load_results(results):
         records = result.get("records")
         name = str(result.get("benchmark", result.get("_file", "attention")))
         if not isinstance(records, list) or "attention" not in name:
             continue  # other benchmarks (correlation, interpretation, ...) time other things
+        device = _device(result)
         for r in records:
-            if not isinstance(r, dict):
-                continue
-            n = _first(r, _N_KEYS)
-            if n is None:
-                continue
+            if not isinstance(r, dict) or r.get("n") is None:
+                continue  # e.g. the tiling sweep of gpu_attention.py: no n
             gflops = r.get("gflops")
             if gflops is None and r.get("tflops") is not None:
                 gflops = 1000.0 * float(r["tflops"])
-            time_s = r.get("median_s")
-            if time_s is None and r.get("median_ms") is not None:
-                time_s = float(r["median_ms"]) / 1000.0
-            memory = None
-            for key, scale in _MEMORY_KEYS:
-                if r.get(key) is not None:
-                    memory = float(r[key]) * scale
-                    break
-            out.append({"device": _device_of(result, r),
-                        "series": str(_first(r, _SERIES_KEYS) or result.get("benchmark", "?")),
-                        "panel": str(_first(r, _PANEL_KEYS) or "full"),
-                        "n": int(n), "gflops": gflops, "time_s": time_s, "memory_mb": memory,
-                        "dtype": r.get("dtype")})
+            memory = r.get("peak_extra_mb")
+            out.append({"device": device,
+                        "series": str(r.get("method") or result.get("benchmark", "?")),
+                        "panel": str(r.get("mask") or "full"), "n": int(r["n"]),
+                        "gflops": gflops, "time_s": r.get("median_s"),
+                        "memory_mb": None if memory is None else float(memory)})
     return out
 
 
@@ -190,10 +167,11 @@ def throughput_plot(results, *, metric="gflops", fig=None):
 
     Reads every attention benchmark (a ``benchmark`` name or file name containing
     "attention", e.g. ``cpu_attention.json`` and ``gpu_attention_*.json``) with a
-    ``records`` list: each record needs ``n`` and ``gflops`` (or
-    ``tflops``) / ``median_s``, and is grouped by ``method`` (or ``backend``,
-    ``peer``) into lines and by ``mask`` into panels. Records come out on a
-    GPU row when the file or record names a GPU/CUDA device; without any the
+    ``records`` list, with the keys paper/benchmarks/cpu_attention.py and
+    gpu_attention.py write: each record needs ``n`` and ``gflops`` (CPU) or
+    ``tflops`` (GPU) / ``median_s``, and is grouped by ``method`` into lines
+    and by ``mask`` into panels. Records come out on the GPU row when the
+    result's ``machine`` names a GPU (``machine.gpu``); without any the
     figure says "no GPU results yet".
 
     Parameters
@@ -232,9 +210,8 @@ def throughput_plot(results, *, metric="gflops", fig=None):
 def memory_plot(results, *, fig=None):
     """Peak extra memory of one attention call vs sequence length, per backend and peer.
 
-    Uses the records' ``peak_extra_mb`` (or ``peak_mb``, ``peak_memory_mb``,
-    ``peak_gb``, ``peak_bytes``): memory allocated beyond the inputs during
-    the call. Layout as in :func:`throughput_plot` (log-log axes).
+    Uses the records' ``peak_extra_mb``: memory allocated beyond the inputs
+    during the call. Layout as in :func:`throughput_plot` (log-log axes).
 
     Parameters
     ----------
