@@ -68,12 +68,19 @@ def _device(result: dict) -> str:
     return "GPU" if isinstance(machine, dict) and machine.get("gpu") else "CPU"
 
 
+def _panel(record: dict) -> str:
+    """The record's mask: ``mask`` (cpu_attention.py) or ``causal`` (gpu_attention.py)."""
+    if record.get("mask") is not None:
+        return str(record["mask"])
+    return "causal" if record.get("causal") else "full"
+
+
 def _records(results):
     """Flat benchmark records: device, series, panel, n, gflops, time_s, memory_mb.
 
     Reads the keys the attention benchmarks write per record: ``method``,
-    ``n``, ``mask``, ``gflops`` (CPU) or ``tflops`` (GPU),
-    ``median_s`` and ``peak_extra_mb``.
+    ``n``, ``mask`` (CPU) or ``causal`` (GPU), ``gflops`` (CPU) or ``tflops``
+    (GPU), ``median_s`` and ``peak_extra_mb``.
     """
     out = []
     for result in load_results(results):
@@ -91,7 +98,7 @@ def _records(results):
             memory = r.get("peak_extra_mb")
             out.append({"device": device,
                         "series": str(r.get("method") or result.get("benchmark", "?")),
-                        "panel": str(r.get("mask") or "full"), "n": int(r["n"]),
+                        "panel": _panel(r), "n": int(r["n"]),
                         "gflops": gflops, "time_s": r.get("median_s"),
                         "memory_mb": None if memory is None else float(memory)})
     return out
@@ -170,9 +177,10 @@ def throughput_plot(results, *, metric="gflops", fig=None):
     ``records`` list, with the keys paper/benchmarks/cpu_attention.py and
     gpu_attention.py write: each record needs ``n`` and ``gflops`` (CPU) or
     ``tflops`` (GPU) / ``median_s``, and is grouped by ``method`` into lines
-    and by ``mask`` into panels. Records come out on the GPU row when the
-    result's ``machine`` names a GPU (``machine.gpu``); without any the
-    figure says "no GPU results yet".
+    and by ``mask`` (CPU) or ``causal`` (GPU: panel "causal" or "full")
+    into panels. Records come out on the GPU row when the result's
+    ``machine`` names a GPU (``machine.gpu``); without any the figure says
+    "no GPU results yet".
 
     Parameters
     ----------
