@@ -315,9 +315,9 @@ def cpu_result():
 
 
 def gpu_result():
-    return {"benchmark": "gpu_attention_h100", "records": [
-        {"backend": "attnkit-cuda", "mask": "full", "n": n, "tflops": 10.0, "median_s": 1e-4,
-         "peak_mb": 2.0} for n in (1024, 4096)]}
+    return {"benchmark": "gpu_attention", "machine": {"gpu": "NVIDIA H100 80GB HBM3"},
+            "records": [{"method": "attnkit", "causal": False, "n": n, "tflops": 10.0,
+                         "median_s": 1e-4, "peak_extra_mb": 2.0} for n in (1024, 4096)]}
 
 
 def all_texts(fig):
@@ -355,6 +355,17 @@ def test_throughput_and_memory_with_gpu_results():
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [1, 2, 4])
     with pytest.raises(ValueError, match="metric: expected 'gflops' or 'time'"):
         plot.throughput_plot(results, metric="flops")
+
+
+def test_gpu_records_are_split_by_causal():
+    gpu = gpu_result()
+    gpu["records"] += [{"method": "attnkit", "causal": True, "n": n, "tflops": 5.0,
+                        "median_s": 1e-4, "peak_extra_mb": 1.0} for n in (1024, 4096)]
+    fig = plot.throughput_plot([cpu_result(), gpu])
+    full = next(ax for ax in fig.axes if ax.get_title() == "GPU: full")
+    causal = next(ax for ax in fig.axes if ax.get_title() == "GPU: causal")
+    np.testing.assert_allclose(full.get_lines()[0].get_ydata(), [10, 10])
+    np.testing.assert_allclose(causal.get_lines()[0].get_ydata(), [5, 5])
 
 
 def test_cost_plot_series_and_guides():

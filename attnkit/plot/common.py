@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import errors
+from .. import errors
 
 #: Colour-blind-safe qualitative colours (Okabe & Ito) for categorical series.
 CATEGORICAL = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
@@ -55,6 +55,24 @@ def matrix(name: str, value) -> np.ndarray:
         raise errors.shape_error(name, "a non-empty matrix", a.shape,
                                  "pass at least one row and column")
     return a.astype(np.float64)
+
+
+def check_index(name: str, value, size: int) -> int:
+    """``value`` as an index in [0, ``size``); negative values count from the end.
+
+    Examples
+    --------
+    >>> check_index("layer", -1, 2)
+    1
+    >>> check_index("layer", 5, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: layer: expected an int in [0, 2), got 5. Fix: the data has 2 layers, counted from 0.
+    """
+    if not errors.is_int(value) or not -size <= value < size:
+        raise errors.value_error(name, f"an int in [0, {size})", repr(value),
+                                 f"the data has {size} {name}s, counted from 0")
+    return int(value) % size
 
 
 def vector(name: str, value) -> np.ndarray:
