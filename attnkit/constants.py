@@ -19,6 +19,7 @@ __all__ = [
     "SCORE_KINDS",
     "CORRELATION_METHODS",
     "CORRELATION_NAMES",
+    "CORRELATION_LABELS",
     "CLS_TOKENS",
     "SEP_TOKENS",
     "PAD_TOKENS",
@@ -31,6 +32,8 @@ SCORE_KINDS = ("raw", "rollout", "flow", "grad")
 #: Statistics :func:`attnkit.correlate` computes, and their names in tables and plots.
 CORRELATION_METHODS = ("kendall", "spearman", "pearson")
 CORRELATION_NAMES = {"kendall": "Kendall tau-b", "spearman": "Spearman rho", "pearson": "Pearson r"}
+#: The same names with Greek letters, for figure labels.
+CORRELATION_LABELS = {"kendall": "Kendall τ-b", "spearman": "Spearman ρ", "pearson": "Pearson r"}
 
 #: [CLS]-like tokens (sequence start) of BERT, RoBERTa/GPT-2, SentencePiece and Llama vocabularies.
 CLS_TOKENS = ("[CLS]", "<s>", "<cls>", "<|begin_of_text|>", "<bos>")

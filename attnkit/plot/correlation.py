@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import errors
+from ..constants import CORRELATION_LABELS, SCORE_KINDS
 from .common import CATEGORICAL, MARKERS, new_figure
 
 __all__ = ["correlation_table", "correlation_plot"]
-
-_METHOD_NAMES = {"kendall": "Kendall τ-b", "spearman": "Spearman ρ", "pearson": "Pearson r"}
-_SCORE_ORDER = ("raw", "rollout", "flow", "grad")
 
 
 def _rows_from_dataset(ds, score=None):
@@ -192,11 +190,11 @@ def correlation_plot(table, *, method=None, title=None, fig=None):
     """
     frame = correlation_table(table)
     method = method or frame.attrs.get("method")
-    stat_name = _METHOD_NAMES.get(method, method or "correlation")
+    stat_name = CORRELATION_LABELS.get(method, method or "correlation")
     impacts = list(dict.fromkeys(frame["impact"])) if "impact" in frame else [None]
     present = list(dict.fromkeys(frame["score"]))
-    scores = [s for s in _SCORE_ORDER if s in present] + [s for s in present
-                                                          if s not in _SCORE_ORDER]
+    scores = [s for s in SCORE_KINDS if s in present] + [s for s in present
+                                                          if s not in SCORE_KINDS]
     layers = np.sort(frame["layer"].unique())
     width = max(4.6, 0.5 * len(layers) * max(1, len(scores)) ** 0.5 + 2.6)
     fig = new_figure((width * len(impacts) if len(impacts) > 1 else width, 3.6), fig)
