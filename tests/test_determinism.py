@@ -4,8 +4,9 @@ Run to run in one process, across separate processes, and with 1 or 2 Numba
 threads. The CPU kernels split work with ``prange`` so that every output
 element is written by exactly one iteration (no reductions whose order
 depends on the schedule), and BLAS runs single-threaded inside them; these
-tests hold them to that. Sizes span several query tiles (64) and key tiles
-(256) so the parallel split really happens.
+tests hold them to that. Sizes span several key tiles (256 keys) and several
+(sample, head) problems, so the parallel split really happens; query tiles are
+256 rows, halved for small problems (``attnkit.kernels.cpu.api.block_q``).
 """
 
 from __future__ import annotations

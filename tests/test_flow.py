@@ -178,7 +178,6 @@ def test_head_fusion_and_discard_ratio_reach_the_capacities(rng):
 
 
 def ragged_dataset(rng, lengths=(6, 3, 5), n_layers=3, n_heads=2):
-    xr = pytest.importorskip("xarray")  # noqa: F841 - needed by from_arrays
     parts = [random_attention(rng, (n_layers, n_heads, m, m), ties=True) for m in lengths]
     return ak.from_arrays(parts)
 

@@ -9,8 +9,7 @@ import reference as ref
 
 
 @pytest.mark.parametrize("half", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
-def test_half_inputs_match_float64_reference_at_half_resolution(half):
-    rng = np.random.default_rng()
+def test_half_inputs_match_float64_reference_at_half_resolution(half, rng):
     q, k, v = (rng.standard_normal((2, 3, s, 16)).astype(half) for s in (37, 70, 70))
     out, lse = ak.attention(q, k, v, causal=True, return_lse=True)
     assert out.dtype == np.dtype(half)
@@ -23,8 +22,7 @@ def test_half_inputs_match_float64_reference_at_half_resolution(half):
     np.testing.assert_allclose(lse, expected_lse, rtol=1e-5, atol=1e-5)
 
 
-def test_mixed_half_and_float32_computes_and_returns_float32():
-    rng = np.random.default_rng()
+def test_mixed_half_and_float32_computes_and_returns_float32(rng):
     q = rng.standard_normal((9, 8)).astype(np.float16)
     k = rng.standard_normal((11, 8)).astype(np.float32)
     out = ak.attention(q, k, k)
@@ -33,8 +31,7 @@ def test_mixed_half_and_float32_computes_and_returns_float32():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_float16_near_range_limit_stays_finite():
-    rng = np.random.default_rng()
+def test_float16_near_range_limit_stays_finite(rng):
     q = (rng.uniform(-1, 1, (5, 16)) * 60000).astype(np.float16)  # |q| near float16 max
     k = (rng.uniform(-1, 1, (7, 16)) * 60000).astype(np.float16)
     v = rng.standard_normal((7, 4)).astype(np.float16)

@@ -267,6 +267,7 @@ def random_tiles(rng, n, m, count):
 
 
 def kernel_tiles(n, m, bq=64, bk=256):
+    """Tiles of the CPU kernels' geometry (query tiles are 64 to 256 rows, key tiles 256)."""
     return [(q0, min(q0 + bq, n), k0, min(k0 + bk, m))
             for q0 in range(0, n, bq) for k0 in range(0, m, bk)]
 

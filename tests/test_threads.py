@@ -29,8 +29,7 @@ def _run(threads: int, inputs, output):
     return dict(np.load(output))
 
 
-def test_results_identical_for_one_and_two_threads(tmp_path):
-    rng = np.random.default_rng()
+def test_results_identical_for_one_and_two_threads(tmp_path, rng):
     q, k, v = (rng.standard_normal((3, 2, 333, 32)).astype(np.float32) for _ in range(3))
     np.savez(tmp_path / "in.npz", q=q, k=k, v=v)
     one = _run(1, tmp_path / "in.npz", tmp_path / "one.npz")
