@@ -176,7 +176,8 @@ def rollout(attn, *, head_fusion="mean", residual=0.5, discard_ratio=0.0, start_
     discard_ratio = errors.fraction("discard_ratio", discard_ratio, upper_open=True)
     kwargs = dict(head_fusion=head_fusion, residual=residual, discard_ratio=discard_ratio,
                   start_layer=start_layer)
-    if is_xarray(attn):
+    if is_xarray(attn):  # labelled (possibly dask) data runs on the CPU kernels
+        _backend.choose(backend, cuda_supported=False)
         fusion_code(head_fusion)
         out = apply_to_xarray(lambda a, lengths: _rollout_numpy(a, lengths=lengths, **kwargs),
                               attn, lengths=lengths)

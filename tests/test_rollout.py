@@ -268,3 +268,20 @@ def test_rollout_rows_errors(rng):
         ak.rollout_rows(q, q[:, :, :4], [0])
     with pytest.raises(ValueError, match=r"q, k: expected shape"):
         ak.rollout_rows(q[0], q[0], [0])
+
+
+def test_rollout_backends_follow_the_shared_rules(rng):
+    a = random_attention(rng, (2, 3, 2, 5, 5))
+    want = ak.rollout(a, discard_ratio=0.2, backend="cpu")
+    # "auto" keeps work the GPU kernel cannot do on the CPU ...
+    np.testing.assert_array_equal(ak.rollout(a, discard_ratio=0.2), want)
+    # ... and asking for the GPU names the fix.
+    with pytest.raises(ak.BackendUnavailableError,
+                       match=r"backend='cuda': this computation has no CUDA implementation\. "
+                             r"Fix: use backend='cpu'"):
+        ak.rollout(a, discard_ratio=0.2, backend="cuda")
+    with pytest.raises(ValueError, match=r"backend: expected one of 'auto', 'cpu', 'cuda', got 'gpu'"):
+        ak.rollout(a, backend="gpu")
+    with pytest.raises(ValueError, match=r"backend: expected one of 'auto', 'cpu', 'cuda'"):
+        ak.rollout_rows(rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 2, 5, 4)), [0],
+                        backend="GPU")
