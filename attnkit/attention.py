@@ -36,9 +36,6 @@ CPU_BLOCK_K = 256
 #: Fewest query tiles per thread before _block_q halves the tile height.
 _TILES_PER_THREAD = 4
 
-_BACKENDS = ("auto", "cpu", "cuda")
-
-
 @functools.lru_cache(maxsize=1)
 def _cuda_status() -> tuple[bool, bool, str]:
     """(kernels can run, a real GPU is present, why not), computed once per process.
@@ -69,10 +66,7 @@ def _choose_backend(backend: str, **arrays) -> str:
     ``ATTNKIT_AUTO_BACKEND=cpu`` in the environment keeps "auto" on the CPU for
     host arrays even where a GPU is present (e.g. CPU-focused test runs).
     """
-    if backend not in _BACKENDS:
-        raise errors.value_error(
-            "backend", "one of 'auto', 'cpu', 'cuda'", repr(backend), "pick one of those"
-        )
+    errors.backend_name(backend)
     on_gpu = [(name, x) for name, x in arrays.items() if is_device_array(x)]
     if backend == "cpu":
         if on_gpu:

@@ -26,9 +26,6 @@ from ._attn_input import apply_to_xarray, as_lengths, attention_stack, is_xarray
 
 __all__ = ["rollout", "rollout_rows", "grad_rollout", "augmented_attention"]
 
-_BACKENDS = ("auto", "cpu", "cuda")
-
-
 def fusion_code(head_fusion: str) -> int:
     """The kernels' code for a head fusion rule ("mean", "max" or "min"), or a clear error."""
     from .kernels.cpu.rollout import FUSION_CODES
@@ -44,9 +41,7 @@ def _is_device_array(x) -> bool:
 
 
 def _choose_backend(backend: str, attn) -> str:
-    if backend not in _BACKENDS:
-        raise errors.value_error("backend", "one of 'auto', 'cpu', 'cuda'", repr(backend),
-                                 "pick one of those")
+    errors.backend_name(backend)
     if backend == "auto":
         return "cuda" if _is_device_array(attn) else "cpu"
     return backend
