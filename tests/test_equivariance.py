@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import attnkit as ak
-from attnkit import _equivariance_checks as builtin
 from attnkit.equivariance import BuiltinCheck, builtin_checks, default_rtol
+from attnkit.equivariance import checks as builtin
 from attnkit_cli.main import cli
 
 F64_EPS = np.finfo(np.float64).eps
@@ -389,15 +389,15 @@ def test_builtin_unavailable_and_unexpected(monkeypatch):
     def no_weights(c):
         raise ModuleNotFoundError("MiniLM weights: not installed")
 
-    def causal(c):
-        return builtin._self(c, causal=True)
+    causal = next(s for s in builtin.specs() if s.name == "attention/causal").build
 
     specs = [
-        builtin._Spec("kernel/x", "needs cuda", "equivariant", True, no_cuda),
-        builtin._Spec("model/x", "needs weights", "equivariant", True, no_weights),
-        builtin._Spec("wrong/causal", "claims causal is equivariant", "equivariant", True, causal),
+        builtin.CheckSpec("kernel/x", "needs cuda", "equivariant", True, no_cuda),
+        builtin.CheckSpec("model/x", "needs weights", "equivariant", True, no_weights),
+        builtin.CheckSpec("wrong/causal", "claims causal is equivariant", "equivariant", True,
+                          causal),
     ]
-    monkeypatch.setattr(builtin, "_specs", lambda: specs)
+    monkeypatch.setattr(builtin, "specs", lambda: specs)
     checks = builtin_checks(quick=True)
     assert [c.status for c in checks] == ["unavailable", "unavailable", "unexpected"]
     assert checks[0].unavailable == "backend='cuda': not here"
@@ -409,7 +409,7 @@ def test_builtin_unavailable_and_unexpected(monkeypatch):
     assert "UNEXPECTED wrong/causal (expected equivariant)" in result.output
     assert "kernel/x: unavailable: backend='cuda': not here" in result.output
     # an unavailable non-model check is not swallowed: other errors propagate
-    specs[2] = builtin._Spec("kernel/y", "", "equivariant", True, no_weights)
+    specs[2] = builtin.CheckSpec("kernel/y", "", "equivariant", True, no_weights)
     with pytest.raises(ModuleNotFoundError):
         builtin_checks(quick=True)
 
