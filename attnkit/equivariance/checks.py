@@ -217,14 +217,15 @@ def _mha_cross(c):
 
 
 def _linear_queries(c, causal=False):
-    fn = lambda q, k, v: linear_attention(q, k, v, causal=causal)  # noqa: E731
+    fn = lambda q, k, v: linear_attention(q, k, v, causal=causal,  # noqa: E731
+                                          backend=c.backend)
     q, k, v = c.seq(24), c.seq(25), c.seq(26)
     permute = {0: -2, 1: -2, 2: -2} if causal else {0: -2}
     return fn, (q, k, v), dict(permute=permute)
 
 
 def _linear_keys(c):
-    fn = lambda q, k, v: linear_attention(q, k, v)  # noqa: E731
+    fn = lambda q, k, v: linear_attention(q, k, v, backend=c.backend)  # noqa: E731
     q, k, v = c.seq(27, n=c.n + 1), c.seq(28), c.seq(29)
     return fn, (q, k, v), dict(permute={1: -2, 2: -2}, expect="invariant")
 
