@@ -12,9 +12,8 @@ One convention, that of :func:`attnkit.attention`:
 
 * inputs ``q, k, v`` (``x, context`` for :func:`multi_head_attention`, whose
   projections make q, k and v);
-* padding by valid lengths: ``kv_lengths`` for the keys (not yet in
-  :func:`linear_attention`), and for :func:`multi_head_attention` also
-  ``q_lengths`` for the queries;
+* padding by valid lengths: ``kv_lengths`` for the keys, and for
+  :func:`multi_head_attention` also ``q_lengths`` for the queries;
 * ``return_weights=False`` returns the output alone, ``return_weights=True``
   returns ``(out, weights)`` with weights of dims (..., query, key);
 * ``backend`` "auto" | "cpu" | "cuda": :func:`multi_head_attention` and
@@ -652,7 +651,7 @@ def _features(phi, name: str, x: np.ndarray, arg: str, dtype) -> np.ndarray:
     return feats
 
 
-def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
+def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6, kv_lengths=None,
                      return_weights=False, backend="auto"):
     """Linear (kernelised) attention of Katharopoulos et al. (2020).
 
@@ -683,6 +682,9 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
     eps : float
         Added to every denominator (>= 0); a row whose denominator is exactly
         0 outputs 0, never NaN.
+    kv_lengths : int or array of int, optional
+        Valid key lengths (shape: a prefix of the batch dims): padded keys
+        are left out of every sum and get weight exactly 0.
     return_weights : bool
         Also return the implied attention weights
         ``phi(q_i) . phi(k_j) / (sum_j' phi(q_i) . phi(k_j') + eps)``,
@@ -712,6 +714,13 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
     (True, True)
     >>> bool(np.allclose(out[:, 0], v[:, 0]))    # the first query sees only key 0
     True
+
+    Padded keys are left out: with ``kv_lengths=4`` the output is that of the
+    first 4 keys alone.
+
+    >>> bool(np.allclose(ak.linear_attention(q, k, v, kv_lengths=4),
+    ...                  ak.linear_attention(q, k[:, :4], v[:, :4])))
+    True
     """
     name, phi = _feature_map(feature_map)
     causal = errors.flag("causal", causal)
@@ -737,6 +746,7 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
         _check_finite(arg, arr)
     batch, q_map, kv_map = batch_maps(q.shape[:-2], k.shape[:-2])
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    kv_len = None if kv_lengths is None else batch_lengths("kv_lengths", kv_lengths, batch, m, "m")
     if return_weights:
         check_weights_budget(
             "linear_attention", batch + (n, m), dtype, get_options()["weights_max_bytes"],
@@ -751,6 +761,13 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
             f"{pk.shape[-1]} features for k", "map q and k rows to the same r",
         )
     vf = _flat(v)
+    if kv_len is not None:
+        # A padded key gets zero features: it adds nothing to any sum or weight. The
+        # lengths vary over the broadcast batch, so every problem gets its own keys.
+        valid = np.arange(m) < kv_len[:, None]  # (Z, m)
+        pk = np.ascontiguousarray(pk[kv_map] * valid[:, :, None].astype(dtype))
+        vf = np.ascontiguousarray(vf[kv_map])
+        kv_map = np.arange(kv_map.shape[0], dtype=np.int64)
     if causal:
         from .kernels.cpu import variants as kernels
 

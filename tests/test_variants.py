@@ -555,6 +555,26 @@ def test_linear_float16_and_relu_zero_rows(rng):
     assert (out[3] == 0).all() and np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_linear_kv_lengths_leave_padded_keys_out(rng, causal):
+    n, m, d, dv = 9, 12, 5, 4
+    q = randn(rng, 3, 4, n, d)  # (batch, heads): 4 query heads share 2 kv heads
+    k, v = randn(rng, 3, 2, m, d), randn(rng, 3, 2, m, dv)
+    lengths = np.array([m, int(rng.integers(1, m)), 0])
+    out, w = ak.linear_attention(q, k, v, causal=causal, kv_lengths=lengths, return_weights=True)
+    assert out.shape == (3, 4, n, dv) and w.shape == (3, 4, n, m)
+    for b, length in enumerate(lengths):
+        kb, vb = np.repeat(k[b], 2, axis=0)[:, :length], np.repeat(v[b], 2, axis=0)[:, :length]
+        want, want_w = ref_linear(q[b], kb, vb, "elu1", causal=causal)
+        assert_allclose(out[b], want, **TOL[F64])
+        assert_allclose(w[b, ..., :length], want_w, **TOL[F64])
+        assert (w[b, ..., length:] == 0).all()
+    assert_array_equal(out[2], 0.0)  # no valid key: output 0, never NaN
+    assert_array_equal(ak.linear_attention(q, k, v, causal=causal, kv_lengths=lengths), out)
+    with pytest.raises(ValueError, match=r"kv_lengths: expected lengths in \[0, 12\]"):
+        ak.linear_attention(q, k, v, kv_lengths=13)
+
+
 def test_linear_weights_budget(rng):
     q, k, v = randn(rng, 3, 40, 4), randn(rng, 3, 50, 4), randn(rng, 3, 50, 2)
     with ak.set_options(weights_max_bytes=3 * 40 * 50 * 8 - 1):
@@ -629,6 +649,7 @@ def test_old_argument_names_are_type_errors(rng):
         (lambda: ak.additive_attention(query=q, keys=k, values=k, w_q=w_q, w_k=w_k, v_a=v_a),
          "query"),
         (lambda: ak.luong_attention(q, keys=k, values=k), "keys"),
+        (lambda: ak.linear_attention(q, k, k, lengths=3), "lengths"),
     ]:
         with pytest.raises(TypeError, match=rf"unexpected keyword argument '{old}'"):
             call()
