@@ -29,7 +29,7 @@ from . import errors
 __all__ = ["BACKENDS", "choose", "cuda_status", "gpu_array_error", "is_device_array", "kernels"]
 
 #: Values every ``backend=`` argument accepts.
-BACKENDS = ("auto", "cpu", "cuda")
+BACKENDS = errors.BACKENDS
 
 _NVIDIA_DEVICES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/proc/driver/nvidia")
 
@@ -92,7 +92,8 @@ def host_copy_fix(name: str) -> str:
             f"or cupy.asnumpy({name})")
 
 
-def choose(backend: str, *, cuda_supported: bool = True, **arrays) -> str:
+def choose(backend: str, *, cuda_supported: bool = True, what: str = "this computation",
+           **arrays) -> str:
     """``"cpu"`` or ``"cuda"`` for ``backend``, given the arrays (by argument name).
 
     Parameters
@@ -102,6 +103,8 @@ def choose(backend: str, *, cuda_supported: bool = True, **arrays) -> str:
         False where the requested computation has no CUDA implementation
         (e.g. rollout with ``discard_ratio``): "auto" then stays on the CPU
         for host arrays, and "cuda" or GPU arrays give a clear error.
+    what : str
+        The computation's name, for that error.
     **arrays
         The inputs; GPU arrays among them force the CUDA backend.
 
@@ -115,10 +118,7 @@ def choose(backend: str, *, cuda_supported: bool = True, **arrays) -> str:
     ...
     ValueError: backend: expected one of 'auto', 'cpu', 'cuda', got 'gpu'. Fix: pick one of those.
     """
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise errors.value_error(
-            "backend", "one of 'auto', 'cpu', 'cuda'", repr(backend), "pick one of those"
-        )
+    errors.backend_name(backend)
     on_gpu = [(name, x) for name, x in arrays.items() if is_device_array(x)]
     if backend == "cpu":
         if on_gpu:
@@ -129,9 +129,9 @@ def choose(backend: str, *, cuda_supported: bool = True, **arrays) -> str:
     if backend == "cuda" or on_gpu:
         if not cuda_supported:
             raise errors.BackendUnavailableError(
-                "backend='cuda': this computation has no CUDA implementation. Fix: use "
-                "backend='cpu' with host arrays"
-                + (f" (copy {on_gpu[0][0]} to the host first)." if on_gpu else ".")
+                f"backend='cuda': {what} has no CUDA implementation. Fix: use backend='cpu' "
+                "(or 'auto'), which runs it on the CPU"
+                + (f", with {on_gpu[0][0]} copied to the host." if on_gpu else ".")
             )
         usable, _, reason = cuda_status()
         if usable:

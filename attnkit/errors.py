@@ -21,7 +21,12 @@ __all__ = [
     "layer_index",
     "fraction",
     "flag",
+    "BACKENDS",
+    "backend_name",
 ]
+
+#: The values every ``backend=`` argument accepts.
+BACKENDS = ("auto", "cpu", "cuda")
 
 
 class AttnkitError(Exception):
@@ -197,3 +202,24 @@ def flag(name: str, value) -> bool:
         raise value_error(name, "True or False", repr(value),
                           f"pass {name}=True or {name}=False")
     return bool(value)
+
+
+def backend_name(value) -> str:
+    """Return ``value`` if it is a backend name ("auto", "cpu" or "cuda"), else raise.
+
+    Only the name is checked; whether that backend can run here is decided
+    where the computation is dispatched.
+
+    Examples
+    --------
+    >>> backend_name("cpu")
+    'cpu'
+    >>> backend_name("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: backend: expected one of 'auto', 'cpu', 'cuda', got 'gpu'. Fix: pick one of those.
+    """
+    if not isinstance(value, str) or value not in BACKENDS:
+        raise value_error("backend", "one of 'auto', 'cpu', 'cuda'", repr(value),
+                          "pick one of those")
+    return value

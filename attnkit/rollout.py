@@ -177,12 +177,13 @@ def rollout(attn, *, head_fusion="mean", residual=0.5, discard_ratio=0.0, start_
     kwargs = dict(head_fusion=head_fusion, residual=residual, discard_ratio=discard_ratio,
                   start_layer=start_layer)
     if is_xarray(attn):  # labelled (possibly dask) data runs on the CPU kernels
-        _backend.choose(backend, cuda_supported=False)
+        _backend.choose(backend, cuda_supported=False, what="rollout of an xarray dataset")
         fusion_code(head_fusion)
         out = apply_to_xarray(lambda a, lengths: _rollout_numpy(a, lengths=lengths, **kwargs),
                               attn, lengths=lengths)
         return out.rename("rollout")
-    if _backend.choose(backend, attn=attn, cuda_supported=not discard_ratio) == "cuda":
+    if _backend.choose(backend, attn=attn, cuda_supported=not discard_ratio,
+                       what="rollout with discard_ratio > 0") == "cuda":
         return _rollout_cuda(attn, lengths=lengths, head_fusion=head_fusion, residual=residual,
                              start_layer=start_layer)
     return _rollout_numpy(attn, lengths=lengths, **kwargs)

@@ -1,4 +1,4 @@
-"""Attention variants from the literature, each with its attention weights.
+"""Attention variants from the literature, each able to return its attention weights.
 
 * :func:`multi_head_attention`: the Transformer's multi-head attention
   (Vaswani et al. 2017), self- or cross-attention, with grouped-query heads
@@ -7,6 +7,20 @@
 * :func:`luong_attention`: Luong et al. (2015), "dot", "general" and "concat" scores.
 * :func:`linear_attention`: Katharopoulos et al. (2020), kernelised attention
   with feature maps, causal by running sums in O(d * dv) memory.
+
+One convention, that of :func:`attnkit.attention`:
+
+* inputs ``q, k, v`` (``x, context`` for :func:`multi_head_attention`, whose
+  projections make q, k and v);
+* padding by valid lengths: ``kv_lengths`` for the keys, and for
+  :func:`multi_head_attention` also ``q_lengths`` for the queries;
+* ``return_weights=False`` returns the output alone, ``return_weights=True``
+  returns ``(out, weights)`` with weights of dims (..., query, key);
+* ``backend`` "auto" | "cpu" | "cuda": :func:`multi_head_attention` and
+  Luong's "dot" and "general" scores run on :func:`attnkit.attention`'s
+  backends; additive attention, Luong's "concat" and linear attention have
+  CPU kernels only, so "auto" and "cpu" run them on the CPU and "cuda"
+  raises :class:`attnkit.BackendUnavailableError`.
 
 Weight convention: every weight matrix is stored ``(in_features, out_features)``
 and applied on the right, ``x @ w`` (plus an optional bias of shape
@@ -26,7 +40,7 @@ import math
 
 import numpy as np
 
-from . import errors
+from . import _backend, errors
 from ._prepare import batch_lengths, batch_maps, check_weights_budget, host_float_array
 from .attention import attention, attention_stats, attention_weights
 from .masks import Mask
@@ -114,6 +128,14 @@ def _same_keys(k_name: str, v_name: str, keys: np.ndarray, values: np.ndarray) -
         )
 
 
+def _cpu_only(fn: str, backend) -> None:
+    """Check ``backend`` for a computation that has CPU kernels only.
+
+    "auto" and "cpu" run it on the CPU; "cuda" raises, naming the fix.
+    """
+    _backend.choose(backend, cuda_supported=False, what=fn)
+
+
 def _flat(x: np.ndarray) -> np.ndarray:
     """(..., rows, cols) as a C-contiguous (problems, rows, cols) array."""
     return np.ascontiguousarray(x.reshape((math.prod(x.shape[:-2]),) + x.shape[-2:]))
@@ -122,8 +144,8 @@ def _flat(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------ multi-head attention
 def multi_head_attention(
     x, w_q, w_k, w_v, w_o, n_heads, *, context=None, b_q=None, b_k=None, b_v=None,
-    b_o=None, n_kv_heads=None, causal=False, mask=None, score_mod=None, lengths=None,
-    context_lengths=None, return_weights=False, return_stats=False, backend="auto",
+    b_o=None, n_kv_heads=None, causal=False, mask=None, score_mod=None, q_lengths=None,
+    kv_lengths=None, return_weights=False, return_stats=False, backend="auto",
 ):
     """Multi-head attention (Vaswani et al. 2017), self- or cross-attention.
 
@@ -168,12 +190,14 @@ def multi_head_attention(
         Default ``n_heads``.
     causal, mask, score_mod, backend
         As in :func:`attnkit.attention`; ``score_mod`` sees the head index as ``h``.
-    lengths : int or array of int, optional
+    q_lengths : int or array of int, optional
         Valid lengths of ``x``'s sequences (shape: a prefix of the batch dims).
-        Padded query rows of the output are 0. For self-attention they are
-        also the key lengths.
-    context_lengths : int or array of int, optional
-        Valid lengths of ``context``'s sequences (cross-attention only).
+        Padded query rows of the output and of the weights are 0. In
+        self-attention they also pad the keys, unless ``kv_lengths`` is given.
+    kv_lengths : int or array of int, optional
+        Valid lengths of the sequences attended to: ``context``'s, or ``x``'s
+        in self-attention (default there: ``q_lengths``). Padded keys get
+        weight 0.
     return_weights : bool
         Also return the per-head attention probabilities (memory-guarded like
         :func:`attnkit.attention_weights`).
@@ -183,7 +207,7 @@ def multi_head_attention(
     Returns
     -------
     out : ndarray, shape (..., n, e_out)
-        Dims (..., query, feature).
+        Dims (..., query, feature). Alone unless a flag asks for more.
     weights : ndarray, shape (..., n_heads, n, m)
         Only with ``return_weights``: dims (..., head, query, key).
     stats : dict of str to ndarray
@@ -209,18 +233,21 @@ def multi_head_attention(
     >>> w_kv = rng.standard_normal((16, 8)) / 4              # 2 heads of d_head = 4
     >>> ak.multi_head_attention(x, w_q, w_kv, w_kv, w_o, n_heads=4, n_kv_heads=2).shape
     (2, 5, 16)
+
+    Padded self-attention: the second sequence has 3 valid tokens, which pad
+    the queries (rows of 0) and, in self-attention, the keys.
+
+    >>> out, w = ak.multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads=4,
+    ...                                  q_lengths=[5, 3], return_weights=True)
+    >>> bool((out[1, 3:] == 0).all()), bool((w[1, :, :3, 3:] == 0).all())
+    (True, True)
     """
     n_heads = errors.positive_int("n_heads", n_heads)
     n_kv_heads = n_heads if n_kv_heads is None else errors.positive_int("n_kv_heads", n_kv_heads)
     return_weights = errors.flag("return_weights", return_weights)
     return_stats = errors.flag("return_stats", return_stats)
+    errors.backend_name(backend)
     self_attention = context is None
-    if self_attention and context_lengths is not None:
-        raise errors.value_error(
-            "context_lengths", "None for self-attention (context=None)",
-            "lengths for a context that was not given",
-            "pass lengths=... for self-attention, or give a context",
-        )
     dtype, (x, context, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o) = _floats(
         x=x, context=context, w_q=w_q, w_k=w_k, w_v=w_v, w_o=w_o,
         b_q=b_q, b_k=b_k, b_v=b_v, b_o=b_o,
@@ -283,12 +310,11 @@ def multi_head_attention(
             f"x batch dims {x.shape[:-2]} and context batch dims {ctx.shape[:-2]}",
             "make the leading dims equal, or 1 where one side is shared",
         ) from None
-    q_len = batch_lengths("lengths", lengths, batch, n, "n")
-    if self_attention:
-        kv_lengths = lengths
-    else:
-        batch_lengths("context_lengths", context_lengths, batch, m, "m")
-        kv_lengths = context_lengths
+    q_len = batch_lengths("q_lengths", q_lengths, batch, n, "n")
+    if kv_lengths is not None:
+        batch_lengths("kv_lengths", kv_lengths, batch, m, "m")
+    elif self_attention:
+        kv_lengths = q_lengths  # the keys are x: its padding pads them too
 
     def heads(t, proj, bias, count, size):
         p = t @ proj
@@ -300,7 +326,7 @@ def multi_head_attention(
     q = heads(x, w_q, b_q, n_heads, d_head)
     k = heads(ctx, w_k, b_k, n_kv_heads, d_head)
     v = heads(ctx, w_v, b_v, n_kv_heads, d_v)
-    kw = dict(causal=causal, mask=mask, score_mod=score_mod, q_lengths=lengths,
+    kw = dict(causal=causal, mask=mask, score_mod=score_mod, q_lengths=q_lengths,
               kv_lengths=kv_lengths, backend=backend)
     per_head = attention(q, k, v, **kw)  # (..., n_heads, n, d_v)
     merged = np.moveaxis(per_head, -3, -2)
@@ -308,7 +334,7 @@ def multi_head_attention(
     out = merged @ w_o
     if b_o is not None:
         out = out + b_o
-    if lengths is not None:
+    if q_lengths is not None:
         valid = np.arange(n) < q_len.reshape(batch)[..., None]  # (..., n)
         out = np.where(valid[..., None], out, 0.0)
     out = out.astype(dtype, copy=False)
@@ -321,31 +347,37 @@ def multi_head_attention(
 
 
 # ------------------------------------------------------- additive attention
-def _additive(query, keys, values, w_q, w_k, v_a, mask, kv_lengths, dtype, fn):
-    """Shared core of additive_attention and luong_attention(score='concat')."""
+def _additive(q, k, v, w_q, w_k, v_a, mask, kv_lengths, dtype, fn):
+    """Shared core of additive_attention and luong_attention(score='concat').
+
+    Returns ``(out, weights)``: the kernel forms the weights to compute the output.
+    """
     from .kernels.cpu import variants as kernels
 
-    batch, q_map, kv_map = batch_maps(query.shape[:-2], keys.shape[:-2], "query", "keys")
-    n, m, dv = query.shape[-2], keys.shape[-2], values.shape[-1]
+    batch, q_map, kv_map = batch_maps(q.shape[:-2], k.shape[:-2])
+    n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
     kv_len = batch_lengths("kv_lengths", kv_lengths, batch, m, "m")
     check_weights_budget(fn, batch + (n, m), dtype, get_options()["weights_max_bytes"],
                          "attend over fewer keys or decoder steps per call")
-    pq = _flat(query @ w_q)  # (Zq, n, hidden): projections stay O((n + m) * hidden)
-    pk = _flat(keys @ w_k)  # (Zk, m, hidden)
+    pq = _flat(q @ w_q)  # (Zq, n, hidden): projections stay O((n + m) * hidden)
+    pk = _flat(k @ w_k)  # (Zk, m, hidden)
     allowed = np.ones((0, 0), dtype=np.bool_) if mask is None else mask.dense(n, m)
     weights = np.empty((q_map.shape[0], n, m), dtype=dtype)
     kernels.additive_weights(pq, pk, np.ascontiguousarray(v_a), q_map, kv_map, kv_len,
                              np.ascontiguousarray(allowed), weights)
-    context = np.matmul(weights, _flat(values)[kv_map])
-    return context.reshape(batch + (n, dv)), weights.reshape(batch + (n, m))
+    out = np.matmul(weights, _flat(v)[kv_map])
+    return out.reshape(batch + (n, dv)), weights.reshape(batch + (n, m))
 
 
-def additive_attention(query, keys, values, w_q, w_k, v_a, *, mask=None, kv_lengths=None):
+def additive_attention(q, k, v, w_q, w_k, v_a, *, mask=None, kv_lengths=None,
+                       return_weights=False, backend="auto"):
     """Additive attention (Bahdanau et al. 2015) for n decoder steps at once.
 
     ``score_ij = v_a . tanh(q_i @ w_q + k_j @ w_k)``, a softmax over the keys,
-    and ``context_i = sum_j weights_ij v_j``. The scores are computed by a
-    Numba kernel that never forms the ``(n, m, hidden)`` tensor.
+    and ``out_i = sum_j weights_ij v_j`` (Bahdanau's context vector). The
+    scores are computed by a Numba kernel that never forms the
+    ``(n, m, hidden)`` tensor; it does form the ``(..., n, m)`` weights, so
+    the ``weights_max_bytes`` option bounds every call.
 
     Weights are ``(in_features, out_features)`` and applied on the right:
     ``w_q`` is the transpose of Bahdanau's ``W_a`` (and of
@@ -353,12 +385,12 @@ def additive_attention(query, keys, values, w_q, w_k, v_a, *, mask=None, kv_leng
 
     Parameters
     ----------
-    query : array_like, shape (..., n, dq)
-        Decoder states, one per decoder step.
-    keys : array_like, shape (..., m, dk)
-        Encoder states (annotations). Leading dims broadcast against query's.
-    values : array_like, shape (..., m, dv)
-        What is averaged (often ``keys`` itself); same leading dims as keys.
+    q : array_like, shape (..., n, dq)
+        Queries: decoder states, one per decoder step.
+    k : array_like, shape (..., m, dk)
+        Keys: encoder states (annotations). Leading dims broadcast against q's.
+    v : array_like, shape (..., m, dv)
+        Values, what is averaged (often ``k`` itself); same leading dims as k.
     w_q : array_like, shape (dq, hidden)
         Query projection.
     w_k : array_like, shape (dk, hidden)
@@ -370,14 +402,20 @@ def additive_attention(query, keys, values, w_q, w_k, v_a, *, mask=None, kv_leng
     kv_lengths : int or array of int, optional
         Valid source lengths (shape: a prefix of the batch dims); padded keys
         get weight exactly 0.
+    return_weights : bool
+        Also return the alignment probabilities.
+    backend : {"auto", "cpu", "cuda"}
+        "auto" and "cpu" run the CPU kernel; there is no CUDA implementation,
+        so "cuda" raises :class:`attnkit.BackendUnavailableError`.
 
     Returns
     -------
-    context : ndarray, shape (..., n, dv)
+    out : ndarray, shape (..., n, dv)
         Dims (..., query, feature); 0 for a query whose every key is masked.
     weights : ndarray, shape (..., n, m)
-        Alignment probabilities, dims (..., query, key): rows sum to 1, masked
-        and padded entries are exactly 0, fully masked rows are all 0.
+        Only with ``return_weights``: alignment probabilities, dims (..., query,
+        key): rows sum to 1, masked and padded entries are exactly 0, fully
+        masked rows are all 0.
 
     Examples
     --------
@@ -386,41 +424,44 @@ def additive_attention(query, keys, values, w_q, w_k, v_a, *, mask=None, kv_leng
     >>> dec, enc = rng.standard_normal((3, 8)), rng.standard_normal((6, 10))
     >>> w_q, w_k = rng.standard_normal((8, 12)), rng.standard_normal((10, 12))
     >>> v_a = rng.standard_normal(12)
-    >>> ctx, w = ak.additive_attention(dec, enc, enc, w_q, w_k, v_a, kv_lengths=4)
-    >>> ctx.shape, w.shape                                   # 3 decoder steps, 6 source tokens
+    >>> ak.additive_attention(dec, enc, enc, w_q, w_k, v_a).shape   # 3 decoder steps
+    (3, 10)
+    >>> out, w = ak.additive_attention(dec, enc, enc, w_q, w_k, v_a, kv_lengths=4,
+    ...                                return_weights=True)
+    >>> out.shape, w.shape                                   # 3 decoder steps, 6 source tokens
     ((3, 10), (3, 6))
     >>> bool(np.allclose(w.sum(-1), 1.0)), bool((w[:, 4:] == 0).all())
     (True, True)
     """
-    dtype, (query, keys, values, w_q, w_k, v_a) = _floats(
-        query=query, keys=keys, values=values, w_q=w_q, w_k=w_k, v_a=v_a,
-    )
-    _sequence("query", query, "dq")
-    _sequence("keys", keys, "dk")
-    _sequence("values", values, "dv")
-    _same_keys("keys", "values", keys, values)
-    dq, dk = query.shape[-1], keys.shape[-1]
+    return_weights = errors.flag("return_weights", return_weights)
+    _cpu_only("additive_attention", backend)
+    dtype, (q, k, v, w_q, w_k, v_a) = _floats(q=q, k=k, v=v, w_q=w_q, w_k=w_k, v_a=v_a)
+    _sequence("q", q, "dq")
+    _sequence("k", k, "dk")
+    _sequence("v", v, "dv")
+    _same_keys("k", "v", k, v)
+    dq, dk = q.shape[-1], k.shape[-1]
     fix = "weights are (in, out), applied as x @ w; transpose a torch Linear.weight"
-    _matrix("w_q", w_q, dq, None, f"(dq, hidden) with dq = {dq} from query",
+    _matrix("w_q", w_q, dq, None, f"(dq, hidden) with dq = {dq} from q",
             f"pass the query projection with {dq} rows ({fix})")
     hidden = w_q.shape[1]
-    _matrix("w_k", w_k, dk, hidden, f"(dk, hidden) = ({dk}, {hidden}) with dk from keys "
+    _matrix("w_k", w_k, dk, hidden, f"(dk, hidden) = ({dk}, {hidden}) with dk from k "
             "and hidden from w_q", f"project keys to the same hidden size as w_q ({fix})")
     if v_a.shape != (hidden,):
         raise errors.shape_error("v_a", f"(hidden,) = ({hidden},)", v_a.shape,
                                  "pass one scoring weight per hidden unit")
-    for name, arr in (("query", query), ("keys", keys), ("values", values),
-                      ("w_q", w_q), ("w_k", w_k), ("v_a", v_a)):
+    for name, arr in (("q", q), ("k", k), ("v", v), ("w_q", w_q), ("w_k", w_k), ("v_a", v_a)):
         _check_finite(name, arr)
     _check_mask(mask)
-    return _additive(query, keys, values, w_q, w_k, v_a, mask, kv_lengths, dtype,
-                     "additive_attention")
+    out, weights = _additive(q, k, v, w_q, w_k, v_a, mask, kv_lengths, dtype,
+                             "additive_attention")
+    return (out, weights) if return_weights else out
 
 
 # ---------------------------------------------------------- Luong attention
 def luong_attention(
-    query, keys, values, *, score="dot", w=None, w_c=None, v_a=None, mask=None,
-    kv_lengths=None,
+    q, k, v, *, score="dot", w=None, w_c=None, v_a=None, mask=None, kv_lengths=None,
+    return_weights=False, backend="auto",
 ):
     """Luong et al. (2015) global attention with the "dot", "general" or "concat" score.
 
@@ -430,18 +471,19 @@ def luong_attention(
     * ``"concat"``: ``score_ij = v_a . tanh([q_i; k_j] @ w_c)`` with ``w_c`` of
       shape (dq + dk, hidden), the transpose of Luong's ``W_a``.
 
-    "dot" and "general" run through :func:`attnkit.attention` and
-    :func:`attnkit.attention_weights` with ``scale=1.0`` (no ``1/sqrt(d)``);
-    "concat" uses the additive-attention kernel.
+    "dot" and "general" run through :func:`attnkit.attention` (and
+    :func:`attnkit.attention_weights` for the weights) with ``scale=1.0`` (no
+    ``1/sqrt(d)``), on its backends; "concat" uses the CPU additive-attention
+    kernel.
 
     Parameters
     ----------
-    query : array_like, shape (..., n, dq)
-        Decoder states ``h_t``, one per decoder step.
-    keys : array_like, shape (..., m, dk)
-        Source states ``h_s``. Leading dims broadcast against query's.
-    values : array_like, shape (..., m, dv)
-        What is averaged (often ``keys``); same leading dims as keys.
+    q : array_like, shape (..., n, dq)
+        Queries: decoder states ``h_t``, one per decoder step.
+    k : array_like, shape (..., m, dk)
+        Keys: source states ``h_s``. Leading dims broadcast against q's.
+    v : array_like, shape (..., m, dv)
+        Values, what is averaged (often ``k``); same leading dims as k.
     score : {"dot", "general", "concat"}
         Score function.
     w : array_like, shape (dq, dk)
@@ -454,25 +496,34 @@ def luong_attention(
         Which (decoder step, key) pairs may attend.
     kv_lengths : int or array of int, optional
         Valid source lengths (shape: a prefix of the batch dims).
+    return_weights : bool
+        Also return the alignment probabilities.
+    backend : {"auto", "cpu", "cuda"}
+        As in :func:`attnkit.attention` for "dot" and "general". "concat" has
+        no CUDA implementation: "auto" and "cpu" run it on the CPU, "cuda"
+        raises :class:`attnkit.BackendUnavailableError`.
 
     Returns
     -------
-    context : ndarray, shape (..., n, dv)
+    out : ndarray, shape (..., n, dv)
         Dims (..., query, feature); 0 for a query whose every key is masked.
     weights : ndarray, shape (..., n, m)
-        Alignment probabilities, dims (..., query, key): rows sum to 1, masked
-        and padded entries are exactly 0, fully masked rows are all 0.
+        Only with ``return_weights``: alignment probabilities, dims (..., query,
+        key): rows sum to 1, masked and padded entries are exactly 0, fully
+        masked rows are all 0.
 
     Examples
     --------
     >>> import numpy as np, attnkit as ak
     >>> rng = np.random.default_rng(0)
     >>> h_t, h_s = rng.standard_normal((2, 4, 8)), rng.standard_normal((2, 7, 8))
-    >>> ctx, w = ak.luong_attention(h_t, h_s, h_s)                 # score="dot"
-    >>> ctx.shape, w.shape                                   # (batch, n, dv), (batch, n, m)
-    ((2, 4, 8), (2, 4, 7))
-    >>> ctx, w = ak.luong_attention(h_t, h_s, h_s, score="general",
-    ...                             w=rng.standard_normal((8, 8)), kv_lengths=[7, 3])
+    >>> ak.luong_attention(h_t, h_s, h_s).shape               # score="dot": (batch, n, dv)
+    (2, 4, 8)
+    >>> out, w = ak.luong_attention(h_t, h_s, h_s, return_weights=True)
+    >>> w.shape                                              # (batch, n, m)
+    (2, 4, 7)
+    >>> out, w = ak.luong_attention(h_t, h_s, h_s, score="general", w=rng.standard_normal((8, 8)),
+    ...                             kv_lengths=[7, 3], return_weights=True)
     >>> bool(np.allclose(w.sum(-1), 1.0)), bool((w[1, :, 3:] == 0).all())
     (True, True)
     """
@@ -481,6 +532,11 @@ def luong_attention(
             "score", "one of 'dot', 'general', 'concat'", repr(score),
             "pick one of those (Luong et al. 2015, section 3.1)",
         )
+    return_weights = errors.flag("return_weights", return_weights)
+    if score == "concat":
+        _cpu_only("luong_attention(score='concat')", backend)
+    else:
+        errors.backend_name(backend)
     needed = {"dot": (), "general": ("w",), "concat": ("w_c", "v_a")}[score]
     for name, value in (("w", w), ("w_c", w_c), ("v_a", v_a)):
         if name in needed and value is None:
@@ -494,42 +550,41 @@ def luong_attention(
                 name, f"None for score={score!r} ({name} is used only by score={users})",
                 "an array", f"drop {name}, or pass score={users}",
             )
-    dtype, (query, keys, values, w, w_c, v_a) = _floats(
-        query=query, keys=keys, values=values, w=w, w_c=w_c, v_a=v_a,
-    )
-    _sequence("query", query, "dq")
-    _sequence("keys", keys, "dk")
-    _sequence("values", values, "dv")
-    _same_keys("keys", "values", keys, values)
-    dq, dk = query.shape[-1], keys.shape[-1]
+    dtype, (q, k, v, w, w_c, v_a) = _floats(q=q, k=k, v=v, w=w, w_c=w_c, v_a=v_a)
+    _sequence("q", q, "dq")
+    _sequence("k", k, "dk")
+    _sequence("v", v, "dv")
+    _same_keys("k", "v", k, v)
+    dq, dk = q.shape[-1], k.shape[-1]
     if score == "dot" and dq != dk:
         raise errors.shape_error(
-            "keys", f"last dim dk = dq = {dq} for score='dot' (query {query.shape})",
-            keys.shape, "use score='general' with w of shape (dq, dk), or equal sizes",
+            "k", f"last dim dk = dq = {dq} for score='dot' (q {q.shape})",
+            k.shape, "use score='general' with w of shape (dq, dk), or equal sizes",
         )
     if score == "general":
-        _matrix("w", w, dq, dk, f"(dq, dk) = ({dq}, {dk}) from query and keys",
-                "pass Luong's W_a, so that score = (query @ w) . key")
+        _matrix("w", w, dq, dk, f"(dq, dk) = ({dq}, {dk}) from q and k",
+                "pass Luong's W_a, so that score = (q @ w) . k")
     if score == "concat":
         _matrix("w_c", w_c, dq + dk, None,
-                f"(dq + dk, hidden) = ({dq + dk}, hidden) from query and keys",
+                f"(dq + dk, hidden) = ({dq + dk}, hidden) from q and k",
                 "stack the query rows over the key rows (weights are (in, out); "
                 "transpose Luong's W_a)")
         if v_a.shape != (w_c.shape[1],):
             raise errors.shape_error("v_a", f"(hidden,) = ({w_c.shape[1]},)", v_a.shape,
                                      "pass one scoring weight per column of w_c")
-    for name, arr in (("query", query), ("keys", keys), ("values", values), ("w", w),
-                      ("w_c", w_c), ("v_a", v_a)):
+    for name, arr in (("q", q), ("k", k), ("v", v), ("w", w), ("w_c", w_c), ("v_a", v_a)):
         if arr is not None:
             _check_finite(name, arr)
     _check_mask(mask)
     if score == "concat":
-        return _additive(query, keys, values, w_c[:dq], w_c[dq:], v_a, mask, kv_lengths,
-                         dtype, "luong_attention")
-    batch_maps(query.shape[:-2], keys.shape[:-2], "query", "keys")  # errors name query/keys
-    projected = query if score == "dot" else query @ w
-    kw = dict(scale=1.0, mask=mask, kv_lengths=kv_lengths)
-    return attention(projected, keys, values, **kw), attention_weights(projected, keys, **kw)
+        out, weights = _additive(q, k, v, w_c[:dq], w_c[dq:], v_a, mask, kv_lengths, dtype,
+                                 "luong_attention")
+        return (out, weights) if return_weights else out
+    batch_maps(q.shape[:-2], k.shape[:-2])  # broadcast errors before the projection
+    projected = q if score == "dot" else q @ w
+    kw = dict(scale=1.0, mask=mask, kv_lengths=kv_lengths, backend=backend)
+    out = attention(projected, k, v, **kw)
+    return (out, attention_weights(projected, k, **kw)) if return_weights else out
 
 
 # --------------------------------------------------------- linear attention
@@ -592,8 +647,8 @@ def _features(phi, name: str, x: np.ndarray, arg: str, dtype) -> np.ndarray:
     return feats
 
 
-def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
-                     return_weights=False):
+def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6, kv_lengths=None,
+                     return_weights=False, backend="auto"):
     """Linear (kernelised) attention of Katharopoulos et al. (2020).
 
     ``out_i = phi(q_i) @ S / (phi(q_i) . z + eps)`` with
@@ -623,12 +678,18 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
     eps : float
         Added to every denominator (>= 0); a row whose denominator is exactly
         0 outputs 0, never NaN.
+    kv_lengths : int or array of int, optional
+        Valid key lengths (shape: a prefix of the batch dims): padded keys
+        are left out of every sum and get weight exactly 0.
     return_weights : bool
         Also return the implied attention weights
         ``phi(q_i) . phi(k_j) / (sum_j' phi(q_i) . phi(k_j') + eps)``,
         causal-masked, which reproduce the output (``weights @ v == out``).
         Refused with :class:`attnkit.WeightsTooLargeError` past the
         ``weights_max_bytes`` option.
+    backend : {"auto", "cpu", "cuda"}
+        "auto" and "cpu" run on the CPU; there is no CUDA implementation, so
+        "cuda" raises :class:`attnkit.BackendUnavailableError`.
 
     Returns
     -------
@@ -649,10 +710,18 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
     (True, True)
     >>> bool(np.allclose(out[:, 0], v[:, 0]))    # the first query sees only key 0
     True
+
+    Padded keys are left out: with ``kv_lengths=4`` the output is that of the
+    first 4 keys alone.
+
+    >>> bool(np.allclose(ak.linear_attention(q, k, v, kv_lengths=4),
+    ...                  ak.linear_attention(q, k[:, :4], v[:, :4])))
+    True
     """
     name, phi = _feature_map(feature_map)
     causal = errors.flag("causal", causal)
     return_weights = errors.flag("return_weights", return_weights)
+    _cpu_only("linear_attention", backend)
     if (
         isinstance(eps, (bool, np.bool_))
         or not isinstance(eps, (int, float, np.integer, np.floating))
@@ -673,6 +742,7 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
         _check_finite(arg, arr)
     batch, q_map, kv_map = batch_maps(q.shape[:-2], k.shape[:-2])
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    kv_len = None if kv_lengths is None else batch_lengths("kv_lengths", kv_lengths, batch, m, "m")
     if return_weights:
         check_weights_budget(
             "linear_attention", batch + (n, m), dtype, get_options()["weights_max_bytes"],
@@ -687,6 +757,13 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=False, eps=1e-6,
             f"{pk.shape[-1]} features for k", "map q and k rows to the same r",
         )
     vf = _flat(v)
+    if kv_len is not None:
+        # A padded key gets zero features: it adds nothing to any sum or weight. The
+        # lengths vary over the broadcast batch, so every problem gets its own keys.
+        valid = np.arange(m) < kv_len[:, None]  # (Z, m)
+        pk = np.ascontiguousarray(pk[kv_map] * valid[:, :, None].astype(dtype))
+        vf = np.ascontiguousarray(vf[kv_map])
+        kv_map = np.arange(kv_map.shape[0], dtype=np.int64)
     if causal:
         from .kernels.cpu import variants as kernels
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import attnkit as ak
-from attnkit import _equivariance_checks as builtin
 from attnkit.equivariance import BuiltinCheck, builtin_checks, default_rtol
+from attnkit.equivariance import checks as builtin
 from attnkit_cli.main import cli
 
 F64_EPS = np.finfo(np.float64).eps
@@ -146,8 +146,8 @@ def first_row_doubled(x):
     return out
 
 
-def test_violation_seen_by_some_permutations_only():
-    x = np.random.default_rng(0).standard_normal((3, 2)) + 3.0
+def test_violation_seen_by_some_permutations_only(rng):
+    x = rng.standard_normal((3, 2)) + 3.0
     # n = 3: five distinct non-identity permutations, so five trials draw them all
     report = ak.check_equivariance(first_row_doubled, x, permute={0: 0}, out_axis=0, trials=5)
     perms = {tuple(t.permutation.tolist()) for t in report.trials}
@@ -306,6 +306,8 @@ def test_invariant_ignores_out_axis(rng):
 # -------------------------------------------------------------- hypothesis
 @st.composite
 def attention_problems(draw):
+    # Hypothesis draws the seed of the values, so every example replays and shrinks on its
+    # own (the rng fixture is one generator per test, shared by all of its examples).
     seed = draw(st.integers(0, 2**32 - 1))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     batch = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
@@ -389,15 +391,15 @@ def test_builtin_unavailable_and_unexpected(monkeypatch):
     def no_weights(c):
         raise ModuleNotFoundError("MiniLM weights: not installed")
 
-    def causal(c):
-        return builtin._self(c, causal=True)
+    causal = next(s for s in builtin.specs() if s.name == "attention/causal").build
 
     specs = [
-        builtin._Spec("kernel/x", "needs cuda", "equivariant", True, no_cuda),
-        builtin._Spec("model/x", "needs weights", "equivariant", True, no_weights),
-        builtin._Spec("wrong/causal", "claims causal is equivariant", "equivariant", True, causal),
+        builtin.CheckSpec("kernel/x", "needs cuda", "equivariant", True, no_cuda),
+        builtin.CheckSpec("model/x", "needs weights", "equivariant", True, no_weights),
+        builtin.CheckSpec("wrong/causal", "claims causal is equivariant", "equivariant", True,
+                          causal),
     ]
-    monkeypatch.setattr(builtin, "_specs", lambda: specs)
+    monkeypatch.setattr(builtin, "specs", lambda: specs)
     checks = builtin_checks(quick=True)
     assert [c.status for c in checks] == ["unavailable", "unavailable", "unexpected"]
     assert checks[0].unavailable == "backend='cuda': not here"
@@ -409,7 +411,7 @@ def test_builtin_unavailable_and_unexpected(monkeypatch):
     assert "UNEXPECTED wrong/causal (expected equivariant)" in result.output
     assert "kernel/x: unavailable: backend='cuda': not here" in result.output
     # an unavailable non-model check is not swallowed: other errors propagate
-    specs[2] = builtin._Spec("kernel/y", "", "equivariant", True, no_weights)
+    specs[2] = builtin.CheckSpec("kernel/y", "", "equivariant", True, no_weights)
     with pytest.raises(ModuleNotFoundError):
         builtin_checks(quick=True)
 

@@ -277,7 +277,7 @@ def test_rollout_backends_follow_the_shared_rules(rng):
     np.testing.assert_array_equal(ak.rollout(a, discard_ratio=0.2), want)
     # ... and asking for the GPU names the fix.
     with pytest.raises(ak.BackendUnavailableError,
-                       match=r"backend='cuda': this computation has no CUDA implementation\. "
+                       match=r"backend='cuda': rollout with discard_ratio > 0 has no CUDA implementation\. "
                              r"Fix: use backend='cpu'"):
         ak.rollout(a, discard_ratio=0.2, backend="cuda")
     with pytest.raises(ValueError, match=r"backend: expected one of 'auto', 'cpu', 'cuda', got 'gpu'"):

@@ -14,6 +14,7 @@ kernels), so every ak.attention call hits the disk-cached kernels.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +197,7 @@ def test_mha_matches_torch(torch_golden, case, dtype):
     p = golden_params(g, prefix, dtype)
     kw = {
         "self": {}, "causal": dict(causal=True), "cross": dict(context=g["context"].astype(dtype)),
-        "padded": dict(lengths=g["lengths"]),
+        "padded": dict(q_lengths=g["lengths"]),
     }[case]
     out, weights = call_mha(x, p, heads, return_weights=True, **kw)
     assert out.dtype == dtype and weights.dtype == dtype
@@ -247,8 +248,8 @@ def test_mha_lengths_and_gqa_weights(rng):
     lengths = rng.integers(1, n + 1, size=batch)
     lengths[0] = n
     ctx_lengths = rng.integers(1, m + 1, size=batch)
-    out, w = call_mha(x, p, heads, n_kv_heads=kv_heads, context=ctx, lengths=lengths,
-                      context_lengths=ctx_lengths, return_weights=True)
+    out, w = call_mha(x, p, heads, n_kv_heads=kv_heads, context=ctx, q_lengths=lengths,
+                      kv_lengths=ctx_lengths, return_weights=True)
     want, want_w = ref_mha(x, ctx, p, heads, kv_heads, lengths=lengths, ctx_lengths=ctx_lengths)
     assert_allclose(out, want, **TOL[F64])
     assert_allclose(w, want_w, **TOL[F64])
@@ -265,11 +266,31 @@ def test_mha_self_attention_lengths_pad_keys_too(rng):
     p = mha_params(rng, e, e, heads, heads, 4, 4, e)
     x = randn(rng, batch, n, e)
     lengths = np.array([n, int(rng.integers(1, n))])
-    out, w = call_mha(x, p, heads, lengths=lengths, causal=True, return_weights=True)
+    out, w = call_mha(x, p, heads, q_lengths=lengths, causal=True, return_weights=True)
     want, want_w = ref_mha(x, None, p, heads, heads, causal=True, lengths=lengths)
     assert_allclose(out, want, **TOL[F64])
     assert_allclose(w, want_w, **TOL[F64])
     assert (w[1, :, :, lengths[1]:] == 0).all()
+
+
+def test_mha_self_attention_kv_lengths_alone_pad_only_the_keys(rng):
+    batch, n, e, heads = 2, 13, 8, 2
+    p = mha_params(rng, e, e, heads, heads, 4, 4, e)
+    x = randn(rng, batch, n, e)
+    lengths = np.array([n, int(rng.integers(1, n))])
+    out, w = call_mha(x, p, heads, kv_lengths=lengths, return_weights=True)
+    both, w_both = call_mha(x, p, heads, q_lengths=lengths, return_weights=True)
+    want, want_w = ref_mha(x, None, p, heads, heads, lengths=lengths)
+    for b, length in enumerate(lengths):
+        # the valid queries see the same keys either way
+        assert_allclose(out[b, :length], want[b, :length], **TOL[F64])
+        assert_allclose(w[b, :, :length], want_w[b, :, :length], **TOL[F64])
+        assert_array_equal(both[b, length:], 0.0)
+        # without q_lengths the padded queries still attend, to the valid keys only
+        assert (w[b, :, :, length:] == 0).all()
+        assert_allclose(w[b].sum(-1), 1.0, rtol=1e-12)
+    assert_allclose(both, want, **TOL[F64])
+    assert_allclose(w_both, want_w, **TOL[F64])
 
 
 def test_mha_stats_and_both_flags(rng):
@@ -332,7 +353,8 @@ def test_additive_matches_reference(rng, n, m):
     values = randn(rng, batch, m, dv)
     w_q, w_k, v_a = randn(rng, dq, hidden), randn(rng, dk, hidden), randn(rng, hidden)
     kv_lengths = np.array([m, int(rng.integers(1, m + 1))])
-    ctx, w = ak.additive_attention(query, keys, values, w_q, w_k, v_a, kv_lengths=kv_lengths)
+    ctx, w = ak.additive_attention(query, keys, values, w_q, w_k, v_a, kv_lengths=kv_lengths,
+                                   return_weights=True)
     want_ctx, want_w = ref_pairwise(
         query, keys, values, lambda q, k: ref_additive_scores(q, k, w_q, w_k, v_a),
         kv_lengths=kv_lengths)
@@ -350,7 +372,7 @@ def test_additive_mask_fully_masked_rows_and_float32(rng):
     mask = ak.masks.causal(offset=-2)  # queries 0 and 1 see no key at all
     kv_lengths = np.array([m, 5, 0])  # the last source sentence is empty
     ctx, w = ak.additive_attention(query, keys, keys, w_q, w_k, v_a, mask=mask,
-                                   kv_lengths=kv_lengths)
+                                   kv_lengths=kv_lengths, return_weights=True)
     assert ctx.dtype == F32 and w.dtype == F32
     want_ctx, want_w = ref_pairwise(
         query, keys, keys, lambda q, k: ref_additive_scores(q, k, w_q, w_k, v_a),
@@ -370,12 +392,47 @@ def test_additive_broadcasts_shared_query_weights(rng):
     n, m, d, hidden = 5, 8, 3, 6
     query, keys = randn(rng, n, d), randn(rng, 4, m, d)
     w_q, w_k, v_a = randn(rng, d, hidden), randn(rng, d, hidden), randn(rng, hidden)
-    ctx, w = ak.additive_attention(query, keys, keys, w_q, w_k, v_a)
+    ctx, w = ak.additive_attention(query, keys, keys, w_q, w_k, v_a, return_weights=True)
     assert ctx.shape == (4, n, d) and w.shape == (4, n, m)
     for b in range(4):
-        c1, w1 = ak.additive_attention(query, keys[b], keys[b], w_q, w_k, v_a)
+        c1, w1 = ak.additive_attention(query, keys[b], keys[b], w_q, w_k, v_a,
+                                       return_weights=True)
         assert_allclose(w[b], w1, rtol=1e-13, atol=1e-15)
         assert_allclose(ctx[b], c1, rtol=1e-13, atol=1e-15)
+
+
+def test_additive_and_luong_return_the_output_alone_by_default(rng):
+    n, m, d, dv, hidden = 5, 7, 4, 3, 6
+    q, k, v = randn(rng, 2, n, d), randn(rng, 2, m, d), randn(rng, 2, m, dv)
+    w_q, w_k, v_a = randn(rng, d, hidden), randn(rng, d, hidden), randn(rng, hidden)
+    out = ak.additive_attention(q, k, v, w_q, w_k, v_a, kv_lengths=[m, 4])
+    out2, w = ak.additive_attention(q, k, v, w_q, w_k, v_a, kv_lengths=[m, 4],
+                                    return_weights=True)
+    assert isinstance(out, np.ndarray) and out.shape == (2, n, dv) and w.shape == (2, n, m)
+    assert_array_equal(out, out2)
+    for score, kw in (("dot", {}), ("general", dict(w=randn(rng, d, d))),
+                      ("concat", dict(w_c=randn(rng, 2 * d, hidden), v_a=v_a))):
+        out = ak.luong_attention(q, k, v, score=score, kv_lengths=[m, 4], **kw)
+        out2, w = ak.luong_attention(q, k, v, score=score, kv_lengths=[m, 4],
+                                     return_weights=True, **kw)
+        assert isinstance(out, np.ndarray) and out.shape == (2, n, dv) and w.shape == (2, n, m)
+        assert_array_equal(out, out2)
+
+
+def test_luong_dot_weights_only_when_asked(rng):
+    # "dot" and "general" stream the output (ak.attention): the weights budget binds
+    # only when the weights are asked for. The additive kernel forms them either way.
+    q, k = randn(rng, 3, 40, 4), randn(rng, 3, 50, 4)
+    w_q, w_k, v_a = randn(rng, 4, 5), randn(rng, 4, 5), randn(rng, 5)
+    with ak.set_options(weights_max_bytes=3 * 40 * 50 * 8 - 1):
+        out = ak.luong_attention(q, k, k)
+        with pytest.raises(ak.WeightsTooLargeError, match=r"attention_weights: the attention "
+                           r"weights need"):
+            ak.luong_attention(q, k, k, return_weights=True)
+        with pytest.raises(ak.WeightsTooLargeError, match=r"additive_attention: the attention "
+                           r"weights need"):
+            ak.additive_attention(q, k, k, w_q, w_k, v_a)
+    assert_allclose(out, ref_pairwise(q, k, k, lambda a, b: a @ b.T)[0], **TOL[F64])
 
 
 # ---------------------------------------------------------- Luong attention
@@ -404,7 +461,8 @@ def test_luong_matches_reference(rng, score, n, m):
                 for j in range(k.shape[0]):
                     s[i, j] = v_a @ np.tanh(np.concatenate([q[i], k[j]]) @ w_c)
             return s
-    ctx, w = ak.luong_attention(query, keys, values, score=score, kv_lengths=kv_lengths, **kw)
+    ctx, w = ak.luong_attention(query, keys, values, score=score, kv_lengths=kv_lengths,
+                                return_weights=True, **kw)
     want_ctx, want_w = ref_pairwise(query, keys, values, fn, kv_lengths=kv_lengths)
     assert ctx.shape == (batch, n, dv) and w.shape == (batch, n, m)
     assert_allclose(ctx, want_ctx, **TOL[F64])
@@ -420,7 +478,8 @@ def test_luong_mask_float32(rng, score):
     kw = {"dot": {}, "general": dict(w=randn(rng, d, d, scale=0.3, dtype=F32)),
           "concat": dict(w_c=randn(rng, 2 * d, 5, dtype=F32), v_a=randn(rng, 5, dtype=F32))}[score]
     mask = ak.masks.causal(offset=-3) | ak.masks.global_tokens([0])
-    ctx, w = ak.luong_attention(query, keys, keys, score=score, mask=mask, **kw)
+    ctx, w = ak.luong_attention(query, keys, keys, score=score, mask=mask, return_weights=True,
+                                **kw)
     assert ctx.dtype == F32 and w.dtype == F32
     allowed = mask.dense(n, m)
     assert (w[~allowed] == 0).all()
@@ -496,6 +555,26 @@ def test_linear_float16_and_relu_zero_rows(rng):
     assert (out[3] == 0).all() and np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_linear_kv_lengths_leave_padded_keys_out(rng, causal):
+    n, m, d, dv = 9, 12, 5, 4
+    q = randn(rng, 3, 4, n, d)  # (batch, heads): 4 query heads share 2 kv heads
+    k, v = randn(rng, 3, 2, m, d), randn(rng, 3, 2, m, dv)
+    lengths = np.array([m, int(rng.integers(1, m)), 0])
+    out, w = ak.linear_attention(q, k, v, causal=causal, kv_lengths=lengths, return_weights=True)
+    assert out.shape == (3, 4, n, dv) and w.shape == (3, 4, n, m)
+    for b, length in enumerate(lengths):
+        kb, vb = np.repeat(k[b], 2, axis=0)[:, :length], np.repeat(v[b], 2, axis=0)[:, :length]
+        want, want_w = ref_linear(q[b], kb, vb, "elu1", causal=causal)
+        assert_allclose(out[b], want, **TOL[F64])
+        assert_allclose(w[b, ..., :length], want_w, **TOL[F64])
+        assert (w[b, ..., length:] == 0).all()
+    assert_array_equal(out[2], 0.0)  # no valid key: output 0, never NaN
+    assert_array_equal(ak.linear_attention(q, k, v, causal=causal, kv_lengths=lengths), out)
+    with pytest.raises(ValueError, match=r"kv_lengths: expected lengths in \[0, 12\]"):
+        ak.linear_attention(q, k, v, kv_lengths=13)
+
+
 def test_linear_weights_budget(rng):
     q, k, v = randn(rng, 3, 40, 4), randn(rng, 3, 50, 4), randn(rng, 3, 50, 2)
     with ak.set_options(weights_max_bytes=3 * 40 * 50 * 8 - 1):
@@ -506,6 +585,74 @@ def test_linear_weights_budget(rng):
     assert_allclose(out, ref_linear(q, k, v, "elu1")[0], **TOL[F64])
     with ak.set_options(weights_max_bytes=3 * 40 * 50 * 8):
         assert ak.linear_attention(q, k, v, return_weights=True)[1].shape == (3, 40, 50)
+
+
+# ------------------------------------------------------- shared conventions
+def variant_calls(rng):
+    """Each variant (and Luong's CPU-only "concat" score) as a call taking keyword options."""
+    n, m, d, hidden, e = 4, 6, 5, 7, 12
+    q, k = randn(rng, n, d), randn(rng, m, d)
+    w_q, w_k, v_a = randn(rng, d, hidden), randn(rng, d, hidden), randn(rng, hidden)
+    w_c = randn(rng, 2 * d, hidden)
+    p = mha_params(rng, e, e, 3, 3, 4, 4, e)
+    x = randn(rng, 2, 5, e)
+    return {
+        "multi_head_attention": lambda **kw: call_mha(x, p, 3, **kw),
+        "additive_attention": lambda **kw: ak.additive_attention(q, k, k, w_q, w_k, v_a, **kw),
+        "luong_attention": lambda **kw: ak.luong_attention(q, k, k, **kw),
+        "luong_attention(score='concat')":
+            lambda **kw: ak.luong_attention(q, k, k, score="concat", w_c=w_c, v_a=v_a, **kw),
+        "linear_attention": lambda **kw: ak.linear_attention(q, k, k, **kw),
+    }
+
+
+def test_backend_cpu_and_auto_compute_the_same(rng):
+    for name, call in variant_calls(rng).items():
+        out = call()
+        assert_array_equal(call(backend="cpu"), out, err_msg=name)
+        assert_array_equal(call(backend="auto"), out, err_msg=name)
+        out2, w = call(backend="cpu", return_weights=True)
+        assert_array_equal(out2, out, err_msg=name)
+
+
+@pytest.mark.parametrize("bad", ["gpu", "CPU", "", None])
+def test_bad_backend_has_the_message_of_attention(rng, bad):
+    q = randn(rng, 3, 4)
+    with pytest.raises(ValueError) as want:
+        ak.attention(q, q, q, backend=bad)
+    for name, call in variant_calls(rng).items():
+        with pytest.raises(ValueError, match=rf"backend: expected one of 'auto', 'cpu', 'cuda', "
+                           rf"got {re.escape(repr(bad))}\. Fix: pick one of those") as info:
+            call(backend=bad)
+        assert str(info.value) == str(want.value), name
+
+
+@pytest.mark.parametrize("name", ["additive_attention", "luong_attention(score='concat')",
+                                  "linear_attention"])
+def test_cuda_backend_without_a_cuda_implementation(rng, name):
+    with pytest.raises(ak.BackendUnavailableError,
+                       match=rf"backend='cuda': {re.escape(name)} has no CUDA implementation\. "
+                             r"Fix: use backend='cpu'") as info:
+        variant_calls(rng)[name](backend="cuda")
+    fix_in(info)
+
+
+def test_old_argument_names_are_type_errors(rng):
+    e, n, d = 12, 5, 4
+    p = mha_params(rng, e, e, 3, 3, 4, 4, e)
+    x = randn(rng, 2, n, e)
+    q, k = randn(rng, n, d), randn(rng, 6, d)
+    w_q, w_k, v_a = randn(rng, d, 3), randn(rng, d, 3), randn(rng, 3)
+    for call, old in [
+        (lambda: call_mha(x, p, 3, lengths=[5, 3]), "lengths"),
+        (lambda: call_mha(x, p, 3, context=x, context_lengths=[5, 3]), "context_lengths"),
+        (lambda: ak.additive_attention(query=q, keys=k, values=k, w_q=w_q, w_k=w_k, v_a=v_a),
+         "query"),
+        (lambda: ak.luong_attention(q, keys=k, values=k), "keys"),
+        (lambda: ak.linear_attention(q, k, k, lengths=3), "lengths"),
+    ]:
+        with pytest.raises(TypeError, match=rf"unexpected keyword argument '{old}'"):
+            call()
 
 
 # ------------------------------------------------------------------- errors
@@ -563,9 +710,9 @@ def test_mha_bad_parameters(rng):
         (dict(w_o=p["w_o"][:9]), r"w_o: expected shape \(n_heads \* d_v, e_out\) = \(12, e_out\)"),
         (dict(b_q=np.ones(11)), r"b_q: expected shape \(12,\), one bias per column of w_q, "
                                 r"got \(11,\)"),
-        (dict(context_lengths=[3, 4]), r"context_lengths: expected None for self-attention"),
         (dict(context=randn(rng, 3, 6, e)), r"x, context: expected shape leading \(batch\) dims"),
-        (dict(lengths=[9, 1]), r"lengths: expected lengths in \[0, 5\]"),
+        (dict(q_lengths=[9, 1]), r"q_lengths: expected lengths in \[0, 5\]"),
+        (dict(kv_lengths=[9, 1]), r"kv_lengths: expected lengths in \[0, 5\]"),
         (dict(return_weights="yes"), r"return_weights: expected True or False, got 'yes'"),
     ]
     for kw, match in cases:
@@ -591,13 +738,13 @@ def test_additive_and_luong_bad_parameters(rng):
     w_q, w_k, v_a = randn(rng, d, hidden), randn(rng, d, hidden), randn(rng, hidden)
     cases = [
         (lambda: ak.additive_attention(query, keys, keys, w_q.T, w_k, v_a),
-         r"w_q: expected shape \(dq, hidden\) with dq = 5 from query, got \(7, 5\)"),
+         r"w_q: expected shape \(dq, hidden\) with dq = 5 from q, got \(7, 5\)"),
         (lambda: ak.additive_attention(query, keys, keys, w_q, w_k[:, :3], v_a),
          r"w_k: expected shape \(dk, hidden\) = \(5, 7\) .* got \(5, 3\)"),
         (lambda: ak.additive_attention(query, keys, keys, w_q, w_k, v_a[:4]),
          r"v_a: expected shape \(hidden,\) = \(7,\), got \(4,\)"),
         (lambda: ak.additive_attention(query, keys, keys[:3], w_q, w_k, v_a),
-         r"values: expected shape 6 positions to match keys"),
+         r"v: expected shape 6 positions to match k"),
         (lambda: ak.additive_attention(query, keys, keys, w_q, w_k, v_a, kv_lengths=9),
          r"kv_lengths: expected lengths in \[0, 6\]"),
         (lambda: ak.luong_attention(query, keys, keys, score="bilinear"),
@@ -609,7 +756,7 @@ def test_additive_and_luong_bad_parameters(rng):
         (lambda: ak.luong_attention(query, keys, keys, score="concat", w_c=randn(rng, 2 * d, 3)),
          r"v_a: expected an array for score='concat', got None"),
         (lambda: ak.luong_attention(query, keys[:, :3], keys),
-         r"keys: expected shape last dim dk = dq = 5 for score='dot'"),
+         r"k: expected shape last dim dk = dq = 5 for score='dot'"),
         (lambda: ak.luong_attention(query, keys, keys, score="general", w=randn(rng, d, 3)),
          r"w: expected shape \(dq, dk\) = \(5, 5\)"),
         (lambda: ak.luong_attention(query, keys, keys, score="concat", w_c=randn(rng, d, 3),
@@ -617,10 +764,10 @@ def test_additive_and_luong_bad_parameters(rng):
          r"w_c: expected shape \(dq \+ dk, hidden\) = \(10, hidden\)"),
         (lambda: ak.luong_attention(randn(rng, 2, 3, n, d), randn(rng, 4, 3, m, d),
                                     randn(rng, 4, 3, m, d)),
-         r"query, keys: expected shape leading \(batch/head\) dims that broadcast"),
+         r"q, k: expected shape leading \(batch/head\) dims that broadcast"),
         (lambda: ak.additive_attention(randn(rng, 3, n, d), randn(rng, 2, m, d),
                                        randn(rng, 2, m, d), w_q, w_k, v_a),
-         r"keys: expected shape a head count dividing query's 3 heads"),
+         r"k: expected shape a head count dividing q's 3 heads"),
     ]
     for fn, match in cases:
         with pytest.raises(ValueError, match=match) as info:

@@ -48,3 +48,22 @@ def test_head_dim_over_the_limit_names_the_fix():
     q = cuda.to_device(np.ones((2, 300), np.float32))
     with pytest.raises(ValueError, match=r"head dim d: expected at most 256 for backend='cuda'"):
         ak.attention(q, q, q)
+
+
+def test_variants_pass_backend_cuda_to_attention(rng):
+    # multi_head_attention and Luong's "dot"/"general" run on ak.attention's backends
+    x = rng.standard_normal((2, 6, 8)).astype(np.float32)
+    w_q, w_k, w_v, w_o = (rng.standard_normal((8, 8)).astype(np.float32) / 3 for _ in range(4))
+    calls = [
+        lambda backend: ak.multi_head_attention(x, w_q, w_k, w_v, w_o, 2, q_lengths=[6, 4],
+                                                causal=True, return_weights=True,
+                                                backend=backend),
+        lambda backend: ak.luong_attention(x[:, :3], x, x, kv_lengths=[6, 2],
+                                           return_weights=True, backend=backend),
+        lambda backend: ak.luong_attention(x[:, :3], x, x, score="general", w=w_q,
+                                           kv_lengths=[6, 2], return_weights=True,
+                                           backend=backend),
+    ]
+    for call in calls:
+        for got, want in zip(call("cuda"), call("cpu")):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,9 +1,11 @@
-"""The ready-made checks behind :func:`attnkit.equivariance.builtin_checks`.
+"""attnkit's ready-made equivariance checks: :func:`builtin_checks`.
 
-Each check is a small builder returning ``(fn, args, options)`` for
-:func:`attnkit.check_equivariance`, with what it should find. Checks that
-*should fail* demonstrate a violation (a causal mask, a positional encoding)
-and quantify it: they meet their expectation by failing.
+Each check is a :class:`CheckSpec`: a name, what it should find, and a small
+builder returning ``(fn, args, options)`` for :func:`attnkit.check_equivariance`.
+Checks that *should fail* demonstrate a violation (a causal mask, a positional
+encoding) and quantify it: they meet their expectation by failing.
+:func:`specs` lists them all; :func:`builtin_checks` runs them and returns one
+:class:`BuiltinCheck` per check.
 """
 
 from __future__ import annotations
@@ -14,25 +16,36 @@ from typing import Callable
 
 import numpy as np
 
-from .equivariance import BuiltinCheck, check_equivariance
-from .errors import BackendUnavailableError, nonnegative_int, positive_int, value_error
+from .. import masks, positional
+from ..attention import attention, attention_stats, attention_weights
+from ..errors import BackendUnavailableError, backend_name, nonnegative_int, positive_int, \
+    value_error
+from ..variants import linear_attention, multi_head_attention
+from .checker import check_equivariance
+from .report import EquivarianceReport
+
+__all__ = ["builtin_checks", "BuiltinCheck", "CheckSpec", "CheckContext", "specs"]
 
 MODEL_SENTENCE = "Attention is not explanation, but it is not nothing either."
 MODEL_SENTENCE_QUICK = "Attention is not explanation."
 
 
 @dataclass(frozen=True)
-class _Spec:
+class CheckSpec:
+    """One ready-made check before it runs: its name, expectation and input builder."""
+
     name: str
     description: str
     expect: str
     should_pass: bool
-    build: Callable  # (_Context) -> (fn, args, options)
+    build: Callable  # (CheckContext) -> (fn, args, options)
     full_only: bool = False  # left out with quick=True
 
 
 @dataclass
-class _Context:
+class CheckContext:
+    """Sizes, seed and backend shared by the builders of one :func:`builtin_checks` run."""
+
     backend: str
     quick: bool
     seed: int
@@ -49,86 +62,126 @@ class _Context:
         return self.rng(salt).standard_normal(shape).astype(dtype)
 
 
-def _ak():
-    import attnkit as ak
+@dataclass(frozen=True)
+class BuiltinCheck:
+    """One ready-made check: what it expects and what it found.
 
-    return ak
+    ``should_pass`` is False for checks that demonstrate a violation (causal
+    masks, positional encodings): those meet their expectation by failing.
+    """
+
+    name: str
+    description: str
+    expect: str
+    should_pass: bool
+    report: EquivarianceReport | None = None
+    unavailable: str | None = None  # why it could not run
+
+    @property
+    def expectation(self) -> str:
+        """``"equivariant"``, ``"invariant"``, ``"not equivariant"`` or ``"not invariant"``."""
+        return self.expect if self.should_pass else f"not {self.expect}"
+
+    @property
+    def status(self) -> str:
+        """``"ok"`` (met its expectation), ``"unexpected"`` or ``"unavailable"``."""
+        if self.report is None:
+            return "unavailable"
+        return "ok" if self.report.passed == self.should_pass else "unexpected"
+
+    @property
+    def meets_expectation(self) -> bool:
+        """True unless the check ran and contradicted its expectation."""
+        return self.status != "unexpected"
+
+    def to_row(self) -> dict:
+        """A flat row for tables: check, expectation, passed, errors, tolerance, status.
+
+        The numbers are None for a check that could not run."""
+        r = self.report
+        return {
+            "check": self.name,
+            "expectation": self.expectation,
+            "passed": "-" if r is None else ("yes" if r.passed else "no"),
+            "max_abs_err": None if r is None else float(r.max_abs_error),
+            "max_rel_err": None if r is None else float(r.max_rel_error),
+            "tolerance": None if r is None else float(r.tolerance),
+            "status": self.status,
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "check": self.name, "description": self.description,
+            "expectation": self.expectation, "status": self.status,
+            "unavailable": self.unavailable,
+            "report": None if self.report is None else self.report.to_dict(),
+        }
 
 
 # ------------------------------------------------------------ attention
 def _queries(c):
-    ak = _ak()
     q, k, v = c.seq(1), c.seq(2, n=c.n + 3), c.seq(3, n=c.n + 3)
-    fn = lambda q, k, v: ak.attention(q, k, v, return_lse=True, backend=c.backend)  # noqa: E731
+    fn = lambda q, k, v: attention(q, k, v, return_lse=True, backend=c.backend)  # noqa: E731
     return fn, (q, k, v), dict(permute={0: -2}, out_axis=(-2, -1))
 
 
 def _keys_values(c, **kw):
-    ak = _ak()
     q, k, v = c.seq(4, n=c.n - 2), c.seq(5), c.seq(6)
 
     def fn(q, k, v):
-        return ak.attention(q, k, v, return_lse=True, backend=c.backend, **kw)
+        return attention(q, k, v, return_lse=True, backend=c.backend, **kw)
 
     return fn, (q, k, v), dict(permute={1: -2, 2: -2}, expect="invariant")
 
 
 def _self(c, dtype=np.float64, **kw):
-    ak = _ak()
-    fn = lambda x: ak.attention(x, x, x, backend=c.backend, **kw)  # noqa: E731
+    fn = lambda x: attention(x, x, x, backend=c.backend, **kw)  # noqa: E731
     return fn, (c.seq(7, dtype=dtype),), dict(permute={0: -2})
 
 
 def _grouped(c):
-    ak = _ak()
     q, k, v = c.seq(8, heads=4), c.seq(9, heads=2), c.seq(10, heads=2)
-    fn = lambda q, k, v: ak.attention(q, k, v, backend=c.backend)  # noqa: E731
+    fn = lambda q, k, v: attention(q, k, v, backend=c.backend)  # noqa: E731
     return fn, (q, k, v), dict(permute={0: -2, 1: -2, 2: -2})
 
 
 def _padded(c):
     """Padding via kv_lengths: the valid positions are permuted, the padding stays last."""
-    ak = _ak()
     x, pad = c.seq(11), c.seq(12, n=3)
 
     def fn(x):
         n = x.shape[-2]
         full = np.concatenate([x, pad], axis=-2)  # 3 padded positions after the valid ones
-        out = ak.attention(full, full, full, kv_lengths=n, backend=c.backend)
+        out = attention(full, full, full, kv_lengths=n, backend=c.backend)
         return out[..., :n, :]
 
     return fn, (x,), dict(permute={0: -2})
 
 
 def _weights_self(c):
-    ak = _ak()
-    fn = lambda x: ak.attention_weights(x, x, backend=c.backend)  # noqa: E731
+    fn = lambda x: attention_weights(x, x, backend=c.backend)  # noqa: E731
     return fn, (c.seq(13),), dict(permute={0: -2}, out_axis=(-2, -1))
 
 
 def _weights_keys(c):
-    ak = _ak()
-    fn = lambda q, k: ak.attention_weights(q, k, backend=c.backend)  # noqa: E731
+    fn = lambda q, k: attention_weights(q, k, backend=c.backend)  # noqa: E731
     return fn, (c.seq(14, n=c.n + 1), c.seq(15)), dict(permute={1: -2}, out_axis=-1)
 
 
 def _stats_queries(c):
-    ak = _ak()
-    fn = lambda q, k: ak.attention_stats(q, k, backend=c.backend)  # noqa: E731
+    fn = lambda q, k: attention_stats(q, k, backend=c.backend)  # noqa: E731
     axes = {"entropy": -1, "max": -1, "argmax": -1, "received": None}
     return fn, (c.seq(16), c.seq(17, n=c.n + 2)), dict(permute={0: -2}, out_axis=axes)
 
 
 def _stats_keys(c):
-    ak = _ak()
-    fn = lambda q, k: ak.attention_stats(q, k, backend=c.backend)  # noqa: E731
+    fn = lambda q, k: attention_stats(q, k, backend=c.backend)  # noqa: E731
     axes = {"entropy": None, "max": None, "received": -1}
     return fn, (c.seq(18, n=c.n + 2), c.seq(19)), dict(permute={1: -2}, out_axis=axes)
 
 
 def _stats_distance(c):
-    ak = _ak()
-    fn = lambda x: ak.attention_stats(x, x, stats=("distance",), backend=c.backend)  # noqa: E731
+    fn = lambda x: attention_stats(x, x, stats=("distance",), backend=c.backend)  # noqa: E731
     return fn, (c.seq(20),), dict(permute={0: -2}, out_axis={"distance": -1})
 
 
@@ -141,24 +194,22 @@ def _mha_weights(c, e=12):
 
 
 def _mha_self(c, **kw):
-    ak = _ak()
     (w_q, w_k, w_v, w_o), (b_q, b_k, b_v, b_o) = _mha_weights(c)
 
     def fn(x):
-        return ak.multi_head_attention(x, w_q, w_k, w_v, w_o, 3, b_q=b_q, b_k=b_k, b_v=b_v,
-                                       b_o=b_o, backend=c.backend, **kw)
+        return multi_head_attention(x, w_q, w_k, w_v, w_o, 3, b_q=b_q, b_k=b_k, b_v=b_v,
+                                    b_o=b_o, backend=c.backend, **kw)
 
     x = c.rng(22).standard_normal((2, c.n, 12))
     return fn, (x,), dict(permute={0: -2})
 
 
 def _mha_cross(c):
-    ak = _ak()
     (w_q, w_k, w_v, w_o), (b_q, b_k, b_v, b_o) = _mha_weights(c)
 
     def fn(x, context):
-        return ak.multi_head_attention(x, w_q, w_k, w_v, w_o, 3, context=context, b_q=b_q,
-                                       b_k=b_k, b_v=b_v, b_o=b_o, backend=c.backend)
+        return multi_head_attention(x, w_q, w_k, w_v, w_o, 3, context=context, b_q=b_q,
+                                    b_k=b_k, b_v=b_v, b_o=b_o, backend=c.backend)
 
     rng = c.rng(23)
     x, ctx = rng.standard_normal((2, c.n - 1, 12)), rng.standard_normal((2, c.n, 12))
@@ -166,65 +217,58 @@ def _mha_cross(c):
 
 
 def _linear_queries(c, causal=False):
-    ak = _ak()
-    fn = lambda q, k, v: ak.linear_attention(q, k, v, causal=causal)  # noqa: E731
+    fn = lambda q, k, v: linear_attention(q, k, v, causal=causal,  # noqa: E731
+                                          backend=c.backend)
     q, k, v = c.seq(24), c.seq(25), c.seq(26)
     permute = {0: -2, 1: -2, 2: -2} if causal else {0: -2}
     return fn, (q, k, v), dict(permute=permute)
 
 
 def _linear_keys(c):
-    ak = _ak()
-    fn = lambda q, k, v: ak.linear_attention(q, k, v)  # noqa: E731
+    fn = lambda q, k, v: linear_attention(q, k, v, backend=c.backend)  # noqa: E731
     q, k, v = c.seq(27, n=c.n + 1), c.seq(28), c.seq(29)
     return fn, (q, k, v), dict(permute={1: -2, 2: -2}, expect="invariant")
 
 
 # ---------------------------------------------------------- positional
 def _additive_pe(c, kind):
-    ak = _ak()
     if kind == "sinusoidal":
-        pe = ak.positional.sinusoidal(c.n, c.d)
+        pe = positional.sinusoidal(c.n, c.d)
     else:
         table = c.rng(30).standard_normal((4 * c.n, c.d))
-        pe = ak.positional.learned(table, np.arange(c.n))
+        pe = positional.learned(table, np.arange(c.n))
 
     def fn(x):
         h = x + pe  # positions are added to the (permuted) embeddings, as in BERT
-        return ak.attention(h, h, h, backend=c.backend)
+        return attention(h, h, h, backend=c.backend)
 
     return fn, (c.seq(31),), dict(permute={0: -2})
 
 
 def _rope(c):
-    ak = _ak()
-
     def fn(x):
-        r = ak.positional.rope(x)
-        return ak.attention(r, r, x, backend=c.backend)
+        r = positional.rope(x)
+        return attention(r, r, x, backend=c.backend)
 
     return fn, (c.seq(32),), dict(permute={0: -2})
 
 
 def _score_mod(c, mod):
-    ak = _ak()
-    fn = lambda x: ak.attention(x, x, x, score_mod=mod, backend=c.backend)  # noqa: E731
+    fn = lambda x: attention(x, x, x, score_mod=mod, backend=c.backend)  # noqa: E731
     return fn, (c.seq(33),), dict(permute={0: -2})
 
 
 def _alibi(c):
-    ak = _ak()
-    return _score_mod(c, ak.positional.alibi(ak.positional.alibi_slopes(c.heads)))
+    return _score_mod(c, positional.alibi(positional.alibi_slopes(c.heads)))
 
 
 def _relative_bias(c):
-    ak = _ak()
     table = c.rng(34).standard_normal((c.heads, 9))
-    return _score_mod(c, ak.positional.relative_bias(table))
+    return _score_mod(c, positional.relative_bias(table))
 
 
 def _soft_cap(c):
-    return _score_mod(c, _ak().positional.soft_cap(2.0))
+    return _score_mod(c, positional.soft_cap(2.0))
 
 
 # --------------------------------------------------------------- model
@@ -234,7 +278,7 @@ _MODEL = {}
 def _minilm():
     """The built-in MiniLM, loaded once per process (raises if weights are missing)."""
     if "model" not in _MODEL:
-        from .models import MiniLM
+        from ..models import MiniLM
 
         _MODEL["model"] = MiniLM.load()
     return _MODEL["model"]
@@ -254,10 +298,17 @@ def _model(c, position_embeddings):
 
 
 # --------------------------------------------------------------- registry
-def _specs() -> list[_Spec]:
-    ak = _ak()
+def specs() -> list[CheckSpec]:
+    """Every ready-made check, in the order :func:`builtin_checks` runs them.
+
+    Examples
+    --------
+    >>> from attnkit.equivariance.checks import specs
+    >>> [s.name for s in specs()][:2]
+    ['attention/queries', 'attention/keys+values']
+    """
     eq, inv = "equivariant", "invariant"
-    S = _Spec
+    S = CheckSpec
     return [
         S("attention/queries", "attention(q, k, v): permuting q permutes out and lse",
           eq, True, _queries),
@@ -269,7 +320,7 @@ def _specs() -> list[_Spec]:
         S("attention/grouped-query", "4 query heads sharing 2 key/value heads", eq, True,
           _grouped, full_only=True),
         S("attention/full-mask", "masks.full() allows every pair: no position used", eq, True,
-          lambda c: _self(c, mask=ak.masks.full())),
+          lambda c: _self(c, mask=masks.full())),
         S("attention/padding", "kv_lengths padding after the permuted valid positions", eq,
           True, _padded),
         S("attention/causal", "causal mask: query i sees keys <= i, a position rule", eq,
@@ -277,9 +328,9 @@ def _specs() -> list[_Spec]:
         S("attention/causal-keys", "causal mask: permuting k, v changes what each query sees",
           inv, False, lambda c: _keys_values(c, causal=True)),
         S("attention/local", "local(3) band mask", eq, False,
-          lambda c: _self(c, mask=ak.masks.local(3))),
+          lambda c: _self(c, mask=masks.local(3))),
         S("attention/global-tokens", "global_tokens([0]): position 0 is special", eq, False,
-          lambda c: _self(c, mask=ak.masks.global_tokens([0]))),
+          lambda c: _self(c, mask=masks.global_tokens([0]))),
         S("attention_weights/self", "self-attention weights permute along query and key",
           eq, True, _weights_self),
         S("attention_weights/keys", "permuting k permutes the weights' key axis", eq, True,
@@ -327,11 +378,34 @@ def _selected(name: str, select) -> bool:
     return any(fnmatch.fnmatchcase(name, p + "*") for p in patterns)
 
 
-def run_builtin_checks(backend="cpu", quick=False, trials=5, seed=0, select=None):
-    """See :func:`attnkit.equivariance.builtin_checks`."""
-    if backend not in ("auto", "cpu", "cuda"):
-        raise value_error("backend", "one of 'auto', 'cpu', 'cuda'", repr(backend),
-                          "pick one of those")
+def builtin_checks(backend="cpu", quick=False, *, trials=5, seed=0, select=None):
+    """Run attnkit's ready-made equivariance checks (the list is :func:`specs`).
+
+    Parameters
+    ----------
+    backend : {"cpu", "cuda", "auto"}
+        Backend of the attention kernels under test.
+    quick : bool
+        Smaller inputs, at most 2 trials, and the optional controls left out.
+    trials, seed : int
+        As in :func:`check_equivariance` (``seed`` also draws the inputs).
+    select : str or sequence of str, optional
+        Run only checks whose name starts with one of these (shell wildcards
+        allowed): ``"positional/"``, ``"model/"``, ``"*causal*"``.
+
+    Returns
+    -------
+    list of BuiltinCheck
+        One per check, with its expectation, report and status ("ok",
+        "unexpected" or "unavailable").
+
+    Examples
+    --------
+    >>> from attnkit.equivariance import builtin_checks
+    >>> [c.status for c in builtin_checks(quick=True, select="attention/queries")]
+    ['ok']
+    """
+    backend = backend_name(backend)
     trials = positive_int("trials", trials)
     nonnegative_int("seed", seed)
     if select is not None and not isinstance(select, str) and not all(
@@ -339,12 +413,12 @@ def run_builtin_checks(backend="cpu", quick=False, trials=5, seed=0, select=None
         raise value_error("select", "a str or a list of str", repr(select),
                           "pass e.g. select='attention/'")
     quick = bool(quick)
-    ctx = _Context(backend=backend, quick=quick, seed=int(seed), n=8 if quick else 16, d=8,
-                   heads=2)
+    ctx = CheckContext(backend=backend, quick=quick, seed=int(seed), n=8 if quick else 16,
+                       d=8, heads=2)
     if quick:
         trials = min(trials, 2)
     results = []
-    for spec in _specs():
+    for spec in specs():
         if (quick and spec.full_only) or not _selected(spec.name, select):
             continue
         try:

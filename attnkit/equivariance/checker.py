@@ -1,13 +1,4 @@
-"""Permutation equivariance and invariance checks.
-
-Self-attention without positional information treats its input as a *set*:
-permuting the queries permutes the output rows the same way (equivariance),
-and permuting key/value pairs together leaves the output unchanged
-(invariance). Masks that depend on positions (causal, local, global tokens)
-and positional encodings (sinusoidal, learned, RoPE, ALiBi, relative bias)
-break this on purpose. :func:`check_equivariance` measures it for any
-function; :func:`builtin_checks` runs a ready-made suite over attnkit's own
-kernels, variants, positional encodings and the built-in model.
+"""The permutation checker: :func:`check_equivariance` and its tolerance rule.
 
 Tolerance rule
 --------------
@@ -29,22 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import positive_int, value_error
+from ..errors import is_int, positive_int, value_error
+from .report import EquivarianceReport, OutputResult, TrialResult
 
-__all__ = [
-    "check_equivariance",
-    "EquivarianceReport",
-    "TrialResult",
-    "OutputResult",
-    "default_rtol",
-    "builtin_checks",
-    "BuiltinCheck",
-    "EXPECTATIONS",
-]
+__all__ = ["check_equivariance", "default_rtol", "EXPECTATIONS", "RTOL_FACTOR"]
 
 #: What a check can expect of ``fn``.
 EXPECTATIONS = ("equivariant", "invariant")
@@ -53,207 +35,11 @@ EXPECTATIONS = ("equivariant", "invariant")
 RTOL_FACTOR = 32.0
 
 
-# ----------------------------------------------------------------- results
-@dataclass(frozen=True)
-class OutputResult:
-    """One output of one trial: its error against its own tolerance."""
-
-    name: str
-    axes: tuple | None  # permuted output axes; None: expected unchanged
-    max_abs_error: float
-    max_rel_error: float  # max_abs_error / max|expected|
-    tolerance: float
-
-    @property
-    def ratio(self) -> float:
-        """``max_abs_error / tolerance`` (passes at <= 1)."""
-        return _ratio(self.max_abs_error, self.tolerance)
-
-    @property
-    def passed(self) -> bool:
-        return self.max_abs_error <= self.tolerance
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """One permutation and how every compared output fared under it."""
-
-    permutation: np.ndarray
-    outputs: tuple[OutputResult, ...]
-
-    @property
-    def worst(self) -> OutputResult:
-        """The output with the largest error relative to its tolerance."""
-        return max(self.outputs, key=lambda o: o.ratio)
-
-    @property
-    def passed(self) -> bool:
-        return all(o.passed for o in self.outputs)
-
-    @property
-    def max_abs_error(self) -> float:
-        return self.worst.max_abs_error
-
-    @property
-    def max_rel_error(self) -> float:
-        return self.worst.max_rel_error
-
-
-@dataclass(frozen=True)
-class EquivarianceReport:
-    """Result of :func:`check_equivariance`.
-
-    With several outputs, ``max_abs_error``, ``max_rel_error`` and
-    ``tolerance`` describe the output that came closest to (or went furthest
-    past) its tolerance, named by ``worst_output``; ``trials`` has every
-    output of every trial. ``passed`` is ``max_abs_error <= tolerance``.
-
-    Attributes
-    ----------
-    name : str
-        What was checked (``fn.__name__`` unless given).
-    expect : {"equivariant", "invariant"}
-    passed : bool
-        Every output of every trial is within its tolerance.
-    max_abs_error, max_rel_error, tolerance : float
-        Worst trial: largest absolute difference, the same divided by the
-        largest magnitude of that output, and that output's tolerance.
-    worst_output : str
-        Name of the output the figures above describe ("out" for a single
-        array, "0", "1", ... for a tuple, the key for a dict).
-    failing_permutation : ndarray or None
-        The permutation of the worst failing trial; None when passed.
-    trials : tuple of TrialResult
-        Per-trial permutations and errors.
-    n : int
-        Length of the permuted axes.
-    rtol, atol, eps : float
-        The tolerance parameters used, and the epsilon the default came from.
-    permuted : dict
-        Argument index -> permuted axes, as checked.
-    ignored_outputs : tuple of str
-        Outputs of a dict result not named in ``out_axis`` (not compared).
-    """
-
-    name: str
-    expect: str
-    passed: bool
-    max_abs_error: float
-    max_rel_error: float
-    tolerance: float
-    worst_output: str
-    failing_permutation: np.ndarray | None
-    trials: tuple[TrialResult, ...]
-    n: int
-    rtol: float
-    atol: float
-    eps: float
-    permuted: dict = field(default_factory=dict)
-    ignored_outputs: tuple[str, ...] = ()
-
-    @property
-    def trial_errors(self) -> np.ndarray:
-        """Worst absolute error of each trial, shape (trials,)."""
-        return np.array([t.max_abs_error for t in self.trials])
-
-    def to_dict(self) -> dict:
-        """A JSON-friendly summary (floats, ints, lists and strings only)."""
-        return {
-            "name": self.name,
-            "expect": self.expect,
-            "passed": bool(self.passed),
-            "max_abs_error": float(self.max_abs_error),
-            "max_rel_error": float(self.max_rel_error),
-            "tolerance": float(self.tolerance),
-            "worst_output": self.worst_output,
-            "failing_permutation": None if self.failing_permutation is None
-            else [int(i) for i in self.failing_permutation],
-            "n": int(self.n),
-            "rtol": float(self.rtol),
-            "atol": float(self.atol),
-            "eps": float(self.eps),
-            "permuted": {str(k): list(v) for k, v in self.permuted.items()},
-            "ignored_outputs": list(self.ignored_outputs),
-            "trials": [
-                {
-                    "permutation": [int(i) for i in t.permutation],
-                    "passed": bool(t.passed),
-                    "outputs": [
-                        {"name": o.name, "axes": None if o.axes is None else list(o.axes),
-                         "max_abs_error": float(o.max_abs_error),
-                         "max_rel_error": float(o.max_rel_error),
-                         "tolerance": float(o.tolerance)}
-                        for o in t.outputs
-                    ],
-                }
-                for t in self.trials
-            ],
-        }
-
-    def __repr__(self) -> str:
-        verdict = "passed" if self.passed else "FAILED"
-        return (f"<EquivarianceReport {self.name!r} {self.expect}: {verdict}, max abs error "
-                f"{self.max_abs_error:.3g} vs tolerance {self.tolerance:.3g}, "
-                f"{len(self.trials)} trials, n={self.n}>")
-
-    def __str__(self) -> str:
-        verdict = "passed" if self.passed else "FAILED"
-        permuted = ", ".join(f"argument {i} axis {'/'.join(map(str, ax))}"
-                             for i, ax in self.permuted.items())
-        lines = [
-            f"{self.expect} check of {self.name}: {verdict}",
-            f"  permuted: {permuted} (n = {self.n}); {len(self.trials)} seeded permutations",
-            f"  max abs error {self.max_abs_error:.3g} "
-            f"{'<=' if self.passed else '>'} tolerance {self.tolerance:.3g} "
-            f"(output {self.worst_output!r}; max rel error {self.max_rel_error:.3g}; "
-            f"rtol {self.rtol:.3g}, atol {self.atol:.3g}, eps {self.eps:.3g})",
-        ]
-        compared = ", ".join(
-            f"{o.name} ({'unchanged' if o.axes is None else 'axis ' + '/'.join(map(str, o.axes))})"
-            for o in self.trials[0].outputs)
-        lines.append(f"  compared: {compared}")
-        if self.failing_permutation is not None:
-            lines.append(f"  failing permutation: {_short(self.failing_permutation)}")
-        if self.ignored_outputs:
-            lines.append(f"  not compared: {', '.join(self.ignored_outputs)}")
-        names = [o.name for o in self.trials[0].outputs]
-        several = len(names) > 1
-        head = ["trial"]
-        for out in names:
-            prefix = f"{out} " if several else ""
-            head += [f"{prefix}max_abs_error", f"{prefix}max_rel_error"]
-        head.append("passed")
-        widths = [max(len(h), 9) for h in head]
-        lines.append("  " + "  ".join(h.rjust(w) for h, w in zip(head, widths)))
-        for i, t in enumerate(self.trials):
-            cells = [str(i)]
-            for o in t.outputs:
-                cells += [f"{o.max_abs_error:.3g}", f"{o.max_rel_error:.3g}"]
-            cells.append("yes" if t.passed else "no")
-            lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)))
-        return "\n".join(lines)
-
-
-def _ratio(err: float, tol: float) -> float:
-    if err <= tol:
-        return err / tol if tol > 0 else 0.0
-    return err / tol if tol > 0 else math.inf
-
-
-def _short(perm: np.ndarray, limit: int = 16) -> str:
-    items = [str(int(i)) for i in perm[:limit]]
-    return "[" + " ".join(items) + (" ...]" if perm.size > limit else "]")
-
-
 # -------------------------------------------------------------- validation
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
 def _axes_tuple(spec, what: str, fix: str) -> tuple[int, ...]:
     """An axis spec (int or non-empty tuple/list of ints) as a tuple."""
-    axes = (spec,) if _is_int(spec) else spec
-    if not isinstance(axes, (tuple, list)) or not axes or not all(_is_int(a) for a in axes):
+    axes = (spec,) if is_int(spec) else spec
+    if not isinstance(axes, (tuple, list)) or not axes or not all(is_int(a) for a in axes):
         raise value_error(what, "an int axis or a tuple of int axes", repr(spec), fix)
     return tuple(int(a) for a in axes)
 
@@ -278,7 +64,7 @@ def _parse_permute(permute, args) -> dict[int, tuple[int, ...]]:
         )
     parsed = {}
     for index, spec in permute.items():
-        if not _is_int(index) or not 0 <= index < len(args):
+        if not is_int(index) or not 0 <= index < len(args):
             raise value_error(
                 "permute", f"argument indices 0..{len(args) - 1} (fn gets {len(args)} "
                 "arguments)", repr(index), "key the dict by the position of the argument "
@@ -341,7 +127,7 @@ def _resolve_out_axes(out_axis, outputs, expect: str, n: int):
     if expect == "invariant":
         return {name: None for name in names}, ()
     single = len(outputs) == 1 and names == ["out"]
-    if single or out_axis is None or _is_int(out_axis):
+    if single or out_axis is None or is_int(out_axis):
         specs = {name: out_axis for name in names}
     elif isinstance(out_axis, Mapping):
         unknown = [str(k) for k in out_axis if str(k) not in names]
@@ -623,92 +409,3 @@ def check_equivariance(fn, *args, permute=None, expect="equivariant", out_axis=-
         permuted={i: tuple(a) for i, a in axes.items()},
         ignored_outputs=ignored,
     )
-
-
-def builtin_checks(backend="cpu", quick=False, *, trials=5, seed=0, select=None):
-    """Run attnkit's ready-made equivariance checks; see :mod:`attnkit._equivariance_checks`.
-
-    Parameters
-    ----------
-    backend : {"cpu", "cuda", "auto"}
-        Backend of the attention kernels under test.
-    quick : bool
-        Smaller inputs, at most 2 trials, and the optional controls left out.
-    trials, seed : int
-        As in :func:`check_equivariance` (``seed`` also draws the inputs).
-    select : str or sequence of str, optional
-        Run only checks whose name starts with one of these (shell wildcards
-        allowed): ``"positional/"``, ``"model/"``, ``"*causal*"``.
-
-    Returns
-    -------
-    list of BuiltinCheck
-        One per check, with its expectation, report and status ("ok",
-        "unexpected" or "unavailable").
-
-    Examples
-    --------
-    >>> from attnkit.equivariance import builtin_checks
-    >>> [c.status for c in builtin_checks(quick=True, select="attention/queries")]
-    ['ok']
-    """
-    from ._equivariance_checks import run_builtin_checks
-
-    return run_builtin_checks(backend=backend, quick=quick, trials=trials, seed=seed,
-                              select=select)
-
-
-@dataclass(frozen=True)
-class BuiltinCheck:
-    """One ready-made check: what it expects and what it found.
-
-    ``should_pass`` is False for checks that demonstrate a violation (causal
-    masks, positional encodings): those meet their expectation by failing.
-    """
-
-    name: str
-    description: str
-    expect: str
-    should_pass: bool
-    report: EquivarianceReport | None = None
-    unavailable: str | None = None  # why it could not run
-
-    @property
-    def expectation(self) -> str:
-        """``"equivariant"``, ``"invariant"``, ``"not equivariant"`` or ``"not invariant"``."""
-        return self.expect if self.should_pass else f"not {self.expect}"
-
-    @property
-    def status(self) -> str:
-        """``"ok"`` (met its expectation), ``"unexpected"`` or ``"unavailable"``."""
-        if self.report is None:
-            return "unavailable"
-        return "ok" if self.report.passed == self.should_pass else "unexpected"
-
-    @property
-    def meets_expectation(self) -> bool:
-        """True unless the check ran and contradicted its expectation."""
-        return self.status != "unexpected"
-
-    def to_row(self) -> dict:
-        """A flat row for tables: check, expectation, passed, errors, tolerance, status.
-
-        The numbers are None for a check that could not run."""
-        r = self.report
-        return {
-            "check": self.name,
-            "expectation": self.expectation,
-            "passed": "-" if r is None else ("yes" if r.passed else "no"),
-            "max_abs_err": None if r is None else float(r.max_abs_error),
-            "max_rel_err": None if r is None else float(r.max_rel_error),
-            "tolerance": None if r is None else float(r.tolerance),
-            "status": self.status,
-        }
-
-    def to_dict(self) -> dict:
-        return {
-            "check": self.name, "description": self.description,
-            "expectation": self.expectation, "status": self.status,
-            "unavailable": self.unavailable,
-            "report": None if self.report is None else self.report.to_dict(),
-        }
