@@ -24,7 +24,7 @@ import importlib
 
 import xarray as xr
 
-__all__ = ["AttentionAccessor"]
+__all__ = ["AttentionAccessor", "registered_xarray"]
 
 
 def _public(name: str):
@@ -88,3 +88,13 @@ class AttentionAccessor:
         """Draw a figure of this dataset; see :mod:`attnkit.plot`."""
         plot = importlib.import_module("attnkit.plot")
         return plot.plot_dataset(self._ds, kind=kind, **kwargs)
+
+
+def registered_xarray():
+    """The xarray module, with ``ds.attn`` registered (importing this module did that).
+
+    The dataset functions (``from_arrays``, ``validate``, ``open_dataset``)
+    import this inside their bodies, so ``import attnkit`` does not import
+    xarray and every dataset attnkit makes or opens has the accessor.
+    """
+    return xr

@@ -61,7 +61,7 @@ def emit(rows: list[dict], fmt: str) -> None:
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an .npz next to ``path`` and rename it into place (never a partial file)."""
-    from attnkit._files import atomic_file
+    from attnkit.data import atomic_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -168,8 +168,7 @@ def _run_blocks(fn, ds, *, client, chunk, quiet, label):
 
 def write_result(result, path: Path, *, csv_frame=None) -> None:
     """Write a Dataset atomically as netCDF/zarr, or ``csv_frame()`` as CSV."""
-    from attnkit._files import atomic_file
-    from attnkit.data import write_atomic
+    from attnkit.data import atomic_file, write_atomic
 
     if path.suffix.lower() != ".csv":
         write_atomic(result, path)
