@@ -147,7 +147,7 @@ def from_arrays(attention, *, tokens=None, lengths=None, q=None, k=None, v=None,
     >>> ak.validate(ds)
     """
     from .._version import __version__
-    from ..accessor import registered_xarray  # here, so `import attnkit` stays light
+    from .accessor import registered_xarray  # here, so `import attnkit` stays light
 
     xr = registered_xarray()
 

@@ -350,7 +350,7 @@ def open_dataset(path, *, chunks=None):
     >>> back.token.values.tolist(), int(back.attrs["attnkit_schema"])
     ([['a', 'b', 'c', 'd']], 1)
     """
-    from ..accessor import registered_xarray  # here, so `import attnkit` stays light
+    from .accessor import registered_xarray  # here, so `import attnkit` stays light
 
     xr = registered_xarray()
     path = Path(os.fspath(path))

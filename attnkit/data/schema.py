@@ -167,7 +167,7 @@ def validate(ds, *, atol: float = 1e-4) -> None:
     - attention: ... sum to 1 ...
     - attrs['ok']: expected str, int or float, got bool True. Fix: ...
     """
-    from ..accessor import registered_xarray  # here, so `import attnkit` stays light
+    from .accessor import registered_xarray  # here, so `import attnkit` stays light
 
     xr = registered_xarray()
     if not isinstance(ds, xr.Dataset):

@@ -8,7 +8,7 @@ the dataset as the first argument, so the two spellings always agree::
 
 The accessor is registered when this module is imported; ``ak.from_arrays``
 and ``ak.open_dataset`` import it, so datasets made by attnkit always have it.
-For a Dataset built by hand, ``import attnkit.accessor`` first.
+For a Dataset built by hand, ``import attnkit.data.accessor`` first.
 
 Examples
 --------
@@ -35,7 +35,7 @@ def _public(name: str):
 
 @xr.register_dataset_accessor("attn")
 class AttentionAccessor:
-    """Methods of an attention dataset (schema 1); see :mod:`attnkit.accessor`."""
+    """Methods of an attention dataset (schema 1); see :mod:`attnkit.data.accessor`."""
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds
