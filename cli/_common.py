@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -59,11 +60,23 @@ def emit(rows: list[dict], fmt: str) -> None:
         click.echo("  ".join(cell(r[c]).rjust(width[c]) for c in cols))
 
 
-def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz next to ``path`` and rename it into place (never a partial file)."""
+@contextlib.contextmanager
+def open_atomic(path, mode: str = "w", **kwargs):
+    """Open ``path`` for writing through attnkit's atomic writer (:func:`attnkit.data.atomic_file`).
+
+    The file object writes a temporary file next to ``path``, renamed onto it
+    when the block ends without an error: never a partial file, and the mode a
+    newly created file would get. ``kwargs`` go to :func:`open`.
+    """
     from attnkit.data import atomic_file
 
+    with atomic_file(path) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz next to ``path`` and rename it into place (never a partial file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+    with open_atomic(path, "wb") as fh:
         np.savez_compressed(fh, **arrays)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ._common import UserError
+from ._common import UserError, open_atomic
 
 OUTPUT_SUFFIXES = (".nc", ".zarr", ".csv")
 
@@ -168,13 +168,13 @@ def _run_blocks(fn, ds, *, client, chunk, quiet, label):
 
 def write_result(result, path: Path, *, csv_frame=None) -> None:
     """Write a Dataset atomically as netCDF/zarr, or ``csv_frame()`` as CSV."""
-    from attnkit.data import atomic_file, write_atomic
+    from attnkit.data import write_atomic
 
     if path.suffix.lower() != ".csv":
         write_atomic(result, path)
         return
     frame = csv_frame()
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
+    with open_atomic(path, newline="") as fh:
         frame.to_csv(fh, index=False, float_format="%.6g")
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import click
-import numpy as np
 
-from ._common import UserError, emit, format_option, user_errors
+from ._common import UserError, emit, format_option, open_atomic, user_errors
 
 SCORES = ("raw", "rollout", "flow", "grad")
 SCORE_HELP = {
@@ -75,17 +73,10 @@ def _write(result, rows, path: Path) -> None:
     if path.suffix.lower() == ".csv":
         import csv
 
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with open_atomic(path, newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
         return
     from attnkit.data import write_atomic
 
