@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from ._common import UserError, emit, user_errors
+from attnkit import SCORE_KINDS
+
+from ._common import UserError, emit, format_option, quiet_option, user_errors
 
 #: The shipped real dataset (run from the repository root).
 DEFAULT_DATASET = Path("datasets") / "minilm" / "minilm.nc"
@@ -47,7 +49,7 @@ def _print_tables(tables: dict, fmt: str) -> None:
               show_default=True, help="Folder for analysis.nc, report.md and the figures.")
 @click.option("--quick", is_flag=True, help="Smoke run on the first few samples.")
 @click.option("--score", "scores", multiple=True,
-              type=click.Choice(["raw", "rollout", "flow", "grad"]),
+              type=click.Choice(SCORE_KINDS),
               help="Scores to correlate with impact (repeatable; default all available).")
 @click.option("--method", "methods", multiple=True,
               type=click.Choice(["spearman", "kendall", "pearson"]),
@@ -55,9 +57,8 @@ def _print_tables(tables: dict, fmt: str) -> None:
 @click.option("--no-equivariance", is_flag=True, help="Skip the equivariance checks.")
 @click.option("--no-figures", is_flag=True, help="Skip the figures.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="How to print the tables.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@format_option(help="How to print the tables.")
+@quiet_option
 @user_errors
 def analyze(file, output, quick, scores, methods, no_equivariance, no_figures, seed, fmt, quiet):
     """Analyse an attention dataset: statistics, rollout, flow, equivariance, correlations.

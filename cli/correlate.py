@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
-from ._common import UserError, emit, format_option, open_atomic, user_errors
+from attnkit import SCORE_KINDS
 
-SCORES = ("raw", "rollout", "flow", "grad")
+from ._common import (UserError, check_output_path, emit, file_argument, format_option,
+                      open_atomic, quiet_option, residual_option, seed_option, user_errors)
+
 SCORE_HELP = {
     "raw": "attention from [CLS] (query 0) to each key at the layer, mean over heads",
     "rollout": "row 0 of attention rollout over layers 0..layer",
@@ -83,22 +85,9 @@ def _write(result, rows, path: Path) -> None:
     write_atomic(result, path)
 
 
-def _check_output(output):
-    if output is None:
-        return None
-    path = Path(output)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UserError(f"--output: expected a path ending in .csv, .nc or .zarr, got {output!r}. "
-                        "Fix: e.g. -o correlation.csv")
-    if not path.parent.exists():
-        raise UserError(f"--output: expected an existing folder {path.parent}, got none. "
-                        f"Fix: mkdir -p {path.parent}")
-    return path
-
-
 @click.command()
-@click.argument("file", type=click.Path(exists=True))
-@click.option("--score", "scores", type=click.Choice(SCORES), multiple=True, default=("raw",),
+@file_argument
+@click.option("--score", "scores", type=click.Choice(SCORE_KINDS), multiple=True, default=("raw",),
               show_default=True,
               help="Attention score per position (repeat for several): "
                    + "; ".join(f"{k}: {v}" for k, v in SCORE_HELP.items()) + ".")
@@ -109,26 +98,24 @@ def _check_output(output):
 @click.option("--impact", "impacts", multiple=True, metavar="NAME",
               help="Impact method(s) of the dataset's `impact` variable, e.g. delete or mask "
                    "(default: every one).")
-@click.option("--versus", type=click.Choice(SCORES), default=None,
+@click.option("--versus", type=click.Choice(SCORE_KINDS), default=None,
               help="Also compare every other score with this one, sample by sample: mean "
                    "difference of the statistics with its bootstrap CI.")
 @click.option("--keep-special", is_flag=True,
               help="Keep [CLS]/[SEP] positions (by default they are left out when the "
                    "dataset has tokens).")
-@click.option("--residual", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Residual weight of rollout and flow.")
+@residual_option
 @click.option("--ci", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Confidence level of the bootstrap interval.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="Significance level for the significant fraction.")
 @click.option("--n-boot", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Bootstrap resamples.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Bootstrap seed.")
+@seed_option
 @click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
               help="Write the table as .csv, or every per-sample statistic as .nc / .zarr.")
 @format_option
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@quiet_option
 @user_errors
 def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, residual, ci, alpha,
               n_boot, seed, output, fmt, quiet):
@@ -149,7 +136,7 @@ def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, r
 
     import attnkit as ak
 
-    path = _check_output(output)
+    path = check_output_path(output, OUTPUT_SUFFIXES, "correlation.csv")
     ds = _open(file)
     layers = parse_layers(layer_spec, ds.sizes["layer"])
     labels = _impact_labels(ds)
