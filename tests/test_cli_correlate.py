@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import xarray as xr
 from click.testing import CliRunner
 from numpy.testing import assert_allclose
 
@@ -14,8 +15,6 @@ import attnkit as ak
 from attnkit_cli.correlate import parse_layers
 from attnkit_cli.main import cli
 from cli_checks import assert_user_error
-
-xr = pytest.importorskip("xarray")
 
 
 def softmax(x):

@@ -11,9 +11,8 @@ import xarray as xr
 import attnkit as ak
 from attnkit.data import io as akio
 
-zarr = pytest.importorskip("zarr")
-
-FORMATS = ["x.nc", "x.zarr"]
+needs_zarr = pytest.mark.needs_zarr
+FORMATS = ["x.nc", pytest.param("x.zarr", marks=needs_zarr)]
 
 
 def softmax(x):
@@ -195,6 +194,7 @@ def test_validate_atol(rng):
 
 
 # ----------------------------------------------------------------------------- storage
+@needs_zarr  # .nc is also saved again as .zarr
 @pytest.mark.parametrize("name", FORMATS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_round_trip_exact(tmp_path, rng, name, dtype):
@@ -298,6 +298,7 @@ def test_open_missing_file(tmp_path):
         ak.open_dataset(tmp_path / "nope.nc")
 
 
+@needs_zarr
 def test_open_corrupt_and_truncated(tmp_path, rng):
     bad = tmp_path / "x.nc"
     bad.write_bytes(rng.bytes(4096))
