@@ -146,7 +146,7 @@ def from_arrays(attention, *, tokens=None, lengths=None, q=None, k=None, v=None,
     ([4, 6], ['a', 'b', 'c', 'd', '', ''])
     >>> ak.validate(ds)
     """
-    from .._version import __version__
+    from .. import __version__
     from .accessor import registered_xarray  # here, so `import attnkit` stays light
 
     xr = registered_xarray()
