@@ -12,13 +12,13 @@ Examples
 (8, 4, 16)
 """
 
-from . import equivariance, importers, masks, models, positional
+from . import equivariance, masks, models, positional
 from ._version import __version__
 from .ablation import ablate
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
 from .correlate import compare_correlations, correlate
-from .data import SCHEMA_VERSION, from_arrays, open_dataset, save_dataset, validate
-from .importers import from_hf_attentions
+from .data import (SCHEMA_VERSION, from_arrays, from_hf_attentions, importers, open_dataset,
+                   save_dataset, validate)
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .equivariance import check_equivariance
 from .flow import attention_flow

@@ -309,8 +309,7 @@ def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
         if figures:
             result.files += steps.run("figures", _figures, ds, stats, score_arrays, correlation,
                                       folder)
-        from ._files import atomic_file
-        from .data import write_atomic
+        from .data import atomic_file, write_atomic
 
         def write():
             write_atomic(results, folder / "analysis.nc")

@@ -1,7 +1,8 @@
-"""Helpers shared by the commands: user errors, output formats, safe writes."""
+"""Helpers shared by the commands: user errors, shared options, output formats, safe writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -29,11 +30,66 @@ def user_errors(fn):
     return wrapper
 
 
-def format_option(fn):
-    return click.option(
-        "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-        show_default=True, help="How to print results.",
-    )(fn)
+# ----------------------------------------------------------------------------- shared options
+# Each is a decorator; those with a parameter are also factories:
+# ``@format_option`` or ``@format_option(help="How to print the tables.")``.
+def _option(fn, option):
+    return option(fn) if fn is not None else option
+
+
+def file_argument(fn):
+    """FILE: an existing dataset (or result) file."""
+    return click.argument("file", type=click.Path(exists=True))(fn)
+
+
+def format_option(fn=None, *, choices=("table", "csv", "json"), help="How to print results."):
+    """--format: how to print results (``fmt``), table by default."""
+    return _option(fn, click.option(
+        "--format", "fmt", type=click.Choice(list(choices)), default="table",
+        show_default=True, help=help,
+    ))
+
+
+def quiet_option(fn=None, *, help="Print nothing but errors."):
+    """-q/--quiet."""
+    return _option(fn, click.option("-q", "--quiet", is_flag=True, help=help))
+
+
+#: -q/--quiet of the commands that show a progress bar (compute, ablate)
+progress_quiet_option = quiet_option(help="No progress bar and no summary.")
+
+
+def residual_option(fn=None, *, help="Residual weight of rollout and flow."):
+    """--residual: the identity's weight in rollout and flow, in [0, 1], 0.5 by default."""
+    return _option(fn, click.option("--residual", type=click.FloatRange(0, 1), default=0.5,
+                                    show_default=True, help=help))
+
+
+def seed_option(fn=None, *, help="Bootstrap seed."):
+    """--seed: a non-negative int seed, 0 by default."""
+    return _option(fn, click.option("--seed", type=click.IntRange(min=0), default=0,
+                                    show_default=True, help=help))
+
+
+def check_output_path(output, suffixes: tuple[str, ...], example: str) -> Path | None:
+    """``--output`` as a Path: it must end in one of ``suffixes`` and its folder exist.
+
+    ``example`` is the file name the fix suggests. None stays None.
+    """
+    if output is None:
+        return None
+    path = Path(output)
+    if path.suffix.lower() not in suffixes:
+        listed = ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+        raise UserError(f"--output: expected a path ending in {listed}, got {output!r}. "
+                        f"Fix: e.g. -o {example}")
+    if not path.parent.exists():
+        raise UserError(f"--output: expected an existing folder {path.parent}, got none. "
+                        f"Fix: mkdir -p {path.parent}")
+    return path
+
+
+# ----------------------------------------------------------------------------- output
 
 
 def emit(rows: list[dict], fmt: str) -> None:
@@ -59,11 +115,23 @@ def emit(rows: list[dict], fmt: str) -> None:
         click.echo("  ".join(cell(r[c]).rjust(width[c]) for c in cols))
 
 
+@contextlib.contextmanager
+def open_atomic(path, mode: str = "w", **kwargs):
+    """Open ``path`` for writing through attnkit's atomic writer (:func:`attnkit.data.atomic_file`).
+
+    The file object writes a temporary file next to ``path``, renamed onto it
+    when the block ends without an error: never a partial file, and the mode a
+    newly created file would get. ``kwargs`` go to :func:`open`.
+    """
+    from attnkit.data import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
+
+
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an .npz next to ``path`` and rename it into place (never a partial file)."""
-    from attnkit._files import atomic_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+    with open_atomic(path, "wb") as fh:
         np.savez_compressed(fh, **arrays)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ._common import UserError
+from ._common import UserError, check_output_path, open_atomic
 
 OUTPUT_SUFFIXES = (".nc", ".zarr", ".csv")
 
@@ -38,16 +38,8 @@ def output_option(fn):
 
 
 def check_output(output) -> Path | None:
-    if output is None:
-        return None
-    path = Path(output)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UserError(f"--output: expected a path ending in .nc, .zarr or .csv, got {output!r}. "
-                        "Fix: e.g. -o results.nc")
-    if not path.parent.exists():
-        raise UserError(f"--output: expected an existing folder {path.parent}, got none. "
-                        f"Fix: mkdir -p {path.parent}")
-    return path
+    """``-o`` of the dataset commands: .nc, .zarr or .csv in an existing folder, or None."""
+    return check_output_path(output, OUTPUT_SUFFIXES, "results.nc")
 
 
 @contextlib.contextmanager
@@ -168,14 +160,13 @@ def _run_blocks(fn, ds, *, client, chunk, quiet, label):
 
 def write_result(result, path: Path, *, csv_frame=None) -> None:
     """Write a Dataset atomically as netCDF/zarr, or ``csv_frame()`` as CSV."""
-    from attnkit._files import atomic_file
     from attnkit.data import write_atomic
 
     if path.suffix.lower() != ".csv":
         write_atomic(result, path)
         return
     frame = csv_frame()
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
+    with open_atomic(path, newline="") as fh:
         frame.to_csv(fh, index=False, float_format="%.6g")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ._common import UserError, user_errors
+from ._common import UserError, progress_quiet_option, user_errors
 
 
 def merge_impacts(ds, impact, replace: bool):
@@ -47,7 +47,7 @@ def merge_impacts(ds, impact, replace: bool):
 @click.option("--replace", is_flag=True, help="Drop impacts already in the dataset.")
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Write here instead of rewriting DATASET (atomically) in place.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@progress_quiet_option
 @user_errors
 def ablate(dataset, methods, metric, special, batch_size, replace, output, quiet):
     """Add leave-one-out impacts (sample, position, method) to DATASET.

@@ -8,7 +8,7 @@ import click
 
 from attnkit.constants import CORRELATION_METHODS, SCORE_KINDS
 
-from ._common import UserError, emit, user_errors
+from ._common import UserError, emit, format_option, quiet_option, user_errors
 
 #: The shipped real dataset (run from the repository root).
 DEFAULT_DATASET = Path("datasets") / "minilm" / "minilm.nc"
@@ -57,9 +57,8 @@ def _print_tables(tables: dict, fmt: str) -> None:
 @click.option("--no-equivariance", is_flag=True, help="Skip the equivariance checks.")
 @click.option("--no-figures", is_flag=True, help="Skip the figures.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="How to print the tables.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@format_option(help="How to print the tables.")
+@quiet_option
 @user_errors
 def analyze(file, output, quick, scores, methods, no_equivariance, no_figures, seed, fmt, quiet):
     """Analyse an attention dataset: statistics, rollout, flow, equivariance, correlations.

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ._common import UserError, emit, format_option, save_npz_atomic, user_errors
+from ._common import UserError, emit, format_option, quiet_option, save_npz_atomic, user_errors
 
 
 def _unreadable(path: str, exc: Exception) -> UserError:
@@ -71,7 +71,7 @@ def _load(inputs: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @format_option
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@quiet_option
 @user_errors
 def attend(inputs, causal, mask_spec, scale, variant, stats, topk, output, backend, fmt, quiet):
     """Compute exact attention (and its statistics) on saved tensors.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import UserError, user_errors
+from ._common import UserError, progress_quiet_option, user_errors
 
 
 def read_sentences(path: str) -> list[str]:
@@ -46,7 +46,7 @@ def load_model():
               help="Run without position embeddings (the model is then permutation-equivariant).")
 @click.option("--qk/--no-qk", default=True, show_default=True,
               help="Also store the per-head queries and keys.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@progress_quiet_option
 @user_errors
 def compute(sentences, output, batch_size, max_length, no_position_embeddings, qk, quiet):
     """Run all-MiniLM-L6-v2 on SENTENCES and write an attention dataset.

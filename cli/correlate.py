@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import click
-import numpy as np
 
 from attnkit.constants import CORRELATION_METHODS, CORRELATION_NAMES, SCORE_KINDS
 
-from ._common import UserError, emit, format_option, user_errors
+from ._common import (UserError, check_output_path, emit, file_argument, format_option,
+                      open_atomic, quiet_option, residual_option, seed_option, user_errors)
 
 SCORE_HELP = {
     "raw": "attention from [CLS] (query 0) to each key at the layer, mean over heads",
@@ -76,38 +75,18 @@ def _write(result, rows, path: Path) -> None:
     if path.suffix.lower() == ".csv":
         import csv
 
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with open_atomic(path, newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
         return
     from attnkit.data import write_atomic
 
     write_atomic(result, path)
 
 
-def _check_output(output):
-    if output is None:
-        return None
-    path = Path(output)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UserError(f"--output: expected a path ending in .csv, .nc or .zarr, got {output!r}. "
-                        "Fix: e.g. -o correlation.csv")
-    if not path.parent.exists():
-        raise UserError(f"--output: expected an existing folder {path.parent}, got none. "
-                        f"Fix: mkdir -p {path.parent}")
-    return path
-
-
 @click.command()
-@click.argument("file", type=click.Path(exists=True))
+@file_argument
 @click.option("--score", "scores", type=click.Choice(SCORE_KINDS), multiple=True, default=("raw",),
               show_default=True,
               help="Attention score per position (repeat for several): "
@@ -125,20 +104,18 @@ def _check_output(output):
 @click.option("--keep-special", is_flag=True,
               help="Keep [CLS]/[SEP] positions (by default they are left out when the "
                    "dataset has tokens).")
-@click.option("--residual", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Residual weight of rollout and flow.")
+@residual_option
 @click.option("--ci", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Confidence level of the bootstrap interval.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="Significance level for the significant fraction.")
 @click.option("--n-boot", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Bootstrap resamples.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Bootstrap seed.")
+@seed_option
 @click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
               help="Write the table as .csv, or every per-sample statistic as .nc / .zarr.")
 @format_option
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@quiet_option
 @user_errors
 def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, residual, ci, alpha,
               n_boot, seed, output, fmt, quiet):
@@ -159,7 +136,7 @@ def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, r
 
     import attnkit as ak
 
-    path = _check_output(output)
+    path = check_output_path(output, OUTPUT_SUFFIXES, "correlation.csv")
     ds = _open(file)
     layers = parse_layers(layer_spec, ds.sizes["layer"])
     labels = _impact_labels(ds)

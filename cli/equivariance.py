@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ._common import emit, format_option, user_errors
+from ._common import emit, format_option, seed_option, user_errors
 
 
 @click.command()
@@ -16,8 +16,7 @@ from ._common import emit, format_option, user_errors
               help="Smaller inputs, at most 2 trials, optional controls left out.")
 @click.option("--trials", type=click.IntRange(min=1), default=5, show_default=True,
               help="Random permutations per check.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the permutations and of the random inputs.")
+@seed_option(help="Seed of the permutations and of the random inputs.")
 @click.option("--check", "select", multiple=True, metavar="TEXT",
               help="Run only checks whose name starts with TEXT (repeatable; wildcards "
                    "allowed), e.g. 'positional/' or '*causal*'.")

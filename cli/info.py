@@ -7,7 +7,7 @@ import json
 import click
 import numpy as np
 
-from ._common import user_errors
+from ._common import file_argument, format_option, user_errors
 
 
 def _describe(path) -> dict:
@@ -53,9 +53,8 @@ def _describe(path) -> dict:
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True))
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="How to print the summary.")
+@file_argument
+@format_option(choices=("table", "json"), help="How to print the summary.")
 @user_errors
 def info(file, fmt):
     """Print dims, sizes, provenance and a validation summary of FILE.

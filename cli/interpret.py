@@ -5,13 +5,10 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from ._common import UserError, emit, format_option, user_errors
+from ._common import (UserError, emit, file_argument, format_option, quiet_option,
+                      residual_option, user_errors)
 from ._datasets import (check_output, cluster_options, dask_client, open_input, output_option,
                         run_blocks, token_label, write_result)
-
-_file = click.argument("file", type=click.Path(exists=True))
-_quiet = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-
 
 def _carry_context(result, ds):
     """A Dataset of ``result`` with the input's lengths, tokens and provenance attached."""
@@ -33,11 +30,11 @@ STAT_COLUMNS = ("entropy", "distance", "self_mass", "prev_mass", "next_mass", "c
 
 
 @click.command()
-@_file
+@file_argument
 @output_option
 @cluster_options
 @format_option
-@_quiet
+@quiet_option
 @user_errors
 def stats(file, output, workers, scheduler, chunk, fmt, quiet):
     """Per-head statistics: entropy, distance, positional and special-token mass.
@@ -103,7 +100,7 @@ def _matrix_frame(result, variable: str):
 
 def _interpretation_command(name, compute, help_text):
     @click.command(name=name, help=help_text)
-    @_file
+    @file_argument
     @click.option("--query", type=click.IntRange(min=0), default=0, show_default=True,
                   help="Output position whose sources are printed (0 = [CLS]).")
     @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
@@ -112,14 +109,13 @@ def _interpretation_command(name, compute, help_text):
                   help="How many samples to print.")
     @click.option("--head-fusion", type=click.Choice(["mean", "max", "min"]), default="mean",
                   show_default=True)
-    @click.option("--residual", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                  help="Weight of the identity (residual connection).")
+    @residual_option(help="Weight of the identity (residual connection).")
     @click.option("--all-rows", is_flag=True,
                   help="Flow only: compute every output position, not just --query.")
     @output_option
     @cluster_options
     @format_option
-    @_quiet
+    @quiet_option
     @user_errors
     def command(file, query, top, show, head_fusion, residual, all_rows, output, workers,
                 scheduler, chunk, fmt, quiet):

@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from attnkit._version import __version__
+from attnkit import __version__
 
 # command name -> (module, attribute, one-line help shown by --help)
 COMMANDS = {

@@ -6,14 +6,14 @@ import time
 
 import click
 
-from ._common import user_errors
+from ._common import quiet_option, user_errors
 
 
 @click.command()
 @click.option("--root", type=click.Path(file_okay=False, exists=True), default=".",
               show_default=True, help="Repository root (holds paper/ and datasets/).")
 @click.option("--quick", is_flag=True, help="A few samples only (a smoke run; not the paper's numbers).")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@quiet_option
 @user_errors
 def paper(root, quick, quiet):
     """Regenerate every figure and table of paper/paper.md.

@@ -6,24 +6,14 @@ from pathlib import Path
 
 import click
 
-from ._common import UserError, user_errors
+from ._common import (UserError, check_output_path, file_argument, quiet_option, residual_option,
+                      user_errors)
 
 DATASET_KINDS = ("heatmap", "grid", "rollout", "flow", "cls", "patch")
 STATS_KINDS = ("stats", "special")
 RESULT_KINDS = ("correlation", "throughput", "memory", "cost")
 KINDS = DATASET_KINDS + STATS_KINDS + RESULT_KINDS
 FORMATS = (".png", ".pdf", ".svg")
-
-
-def _check_output(output) -> Path:
-    path = Path(output)
-    if path.suffix.lower() not in FORMATS:
-        raise UserError(f"--output: expected a path ending in .png, .pdf or .svg, got {output!r}. "
-                        f"Fix: e.g. -o figure.png")
-    if not path.parent.exists():
-        raise UserError(f"--output: expected an existing folder {path.parent}, got none. "
-                        f"Fix: mkdir -p {path.parent}")
-    return path
 
 
 def _stats_of(file):
@@ -46,7 +36,7 @@ def _stats_of(file):
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True))
+@file_argument
 @click.option("--kind", type=click.Choice(KINDS), default="heatmap", show_default=True,
               help="heatmap: one head; grid: every layer and head; rollout / flow: the "
                    "matrix; cls: what feeds [CLS]; patch: [CLS] rollout on the image-patch "
@@ -59,8 +49,7 @@ def _stats_of(file):
               help="Layer for --kind heatmap (-1 = the last).")
 @click.option("--head", type=int, default=0, show_default=True,
               help="Head for --kind heatmap (-1 = the last).")
-@click.option("--residual", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Residual weight of rollout and flow.")
+@residual_option
 @click.option("--source", type=click.Choice(["rollout", "flow", "raw"]), default="rollout",
               show_default=True, help="For --kind cls / patch: which [CLS] row.")
 @click.option("--metric", type=click.Choice(["gflops", "time"]), default="gflops",
@@ -70,7 +59,7 @@ def _stats_of(file):
               help="Resolution of PNG output.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Where to write the figure: .png, .pdf or .svg (by suffix).")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@quiet_option
 @user_errors
 def plot(file, kind, sample, layer, head, residual, source, metric, title, dpi, output, quiet):
     """Draw one figure and write it as PNG, PDF or SVG.
@@ -89,7 +78,7 @@ def plot(file, kind, sample, layer, head, residual, source, metric, title, dpi, 
     """
     from attnkit import plot as akplot
 
-    path = _check_output(output)
+    path = check_output_path(output, FORMATS, "figure.png")
     if kind in DATASET_KINDS:
         import attnkit as ak
 

@@ -3,6 +3,8 @@
 * ``tests/`` is put on ``sys.path`` so test modules can ``import reference``
   (the float64 NumPy reference the kernels are checked against) and
   ``cli_checks`` (assertions on click results).
+* ``@pytest.mark.needs_zarr`` skips a test (or one parameter, via
+  ``pytest.param(..., marks=...)``) when zarr, an optional extra, is not installed.
 * ``rng`` is a ``np.random.default_rng`` seeded from a fresh random seed per
   test. The seed is printed, and attached to the report of a failing test, so
   a failure can be replayed with ``ATTNKIT_TEST_SEED=<seed> pytest ...``.
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -26,6 +29,16 @@ from seeds import SEED_ENV as _SEED_ENV, fresh_seed  # noqa: E402  (tests/ is on
 # On a machine with a GPU, backend="auto" would send every host-array test to the CUDA
 # kernels; keep them on the CPU (the CUDA tests ask for backend="cuda" or pass device arrays).
 os.environ.setdefault("ATTNKIT_AUTO_BACKEND", "cpu")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "needs_zarr: writes or reads a zarr store; skipped without zarr (an extra)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_zarr") and importlib.util.find_spec("zarr") is None:
+        pytest.skip("needs zarr: pip install 'attnkit[zarr]'")
 
 
 @pytest.fixture

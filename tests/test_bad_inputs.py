@@ -32,7 +32,7 @@ from click.testing import CliRunner
 
 import attnkit as ak
 import reference
-from attnkit import data as akdata
+from attnkit.data import io as akio, schema as akschema
 from attnkit_cli.main import cli
 from seeds import fresh_seed
 
@@ -111,7 +111,7 @@ def files(tmp_path_factory):
     v2 = ds.copy()
     v2.attrs["attnkit_schema"] = 2
     v2.to_netcdf(f.v2_nc, engine="h5netcdf")
-    v2.to_zarr(f.v2_zarr, mode="w", **akdata._zarr_kwargs())
+    v2.to_zarr(f.v2_zarr, mode="w", **akio.zarr_kwargs())
     unversioned = ds.copy()
     del unversioned.attrs["attnkit_schema"]
     unversioned.to_netcdf(f.noschema_nc, engine="h5netcdf")
@@ -293,7 +293,7 @@ def lazy_open_then_read_error(ctx):
     try:
         ds.attention.values
     except Exception as exc:  # the chunk fails to decompress when it is read
-        raise akdata.read_error(ctx.f.trunc_chunk_zarr, exc) from exc
+        raise akio.read_error(ctx.f.trunc_chunk_zarr, exc) from exc
 
 
 def run_blocks_read_error(ctx):
@@ -831,7 +831,7 @@ def test_validate_streams_over_sample_blocks(rng, monkeypatch):
     with pytest.raises(ValueError) as whole:
         ak.validate(ds)
     for block_bytes in (1, 3 * ds["attention"][0].nbytes):  # 1 sample, then 3 per block
-        monkeypatch.setattr(akdata, "_VALIDATE_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(akschema, "_VALIDATE_BLOCK_BYTES", block_bytes)
         with pytest.raises(ValueError) as blocked:
             ak.validate(ds)
         assert str(blocked.value) == str(whole.value)
@@ -849,7 +849,7 @@ def test_validate_lazy_store_reads_one_block_at_a_time(tmp_path, rng, monkeypatc
     path = tmp_path / "big.zarr"
     ak.save_dataset(ak.from_arrays(a), path)
     ds = ak.open_dataset(path, chunks={"sample": 1})
-    monkeypatch.setattr(akdata, "_VALIDATE_BLOCK_BYTES", 2 * a[0].nbytes)
+    monkeypatch.setattr(akschema, "_VALIDATE_BLOCK_BYTES", 2 * a[0].nbytes)
     ak.validate(ds.isel(sample=slice(0, 2)))  # first-call imports and caches, not measured
     tracemalloc.start()
     try:

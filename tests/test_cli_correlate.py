@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
+import xarray as xr
 from click.testing import CliRunner
 from numpy.testing import assert_allclose
 
@@ -13,8 +15,6 @@ import attnkit as ak
 from attnkit_cli.correlate import parse_layers
 from attnkit_cli.main import cli
 from cli_checks import assert_user_error
-
-xr = pytest.importorskip("xarray")
 
 
 def softmax(x):
@@ -92,6 +92,32 @@ def test_csv_output_and_scores(dataset, tmp_path):
     row = next(r for r in rows if r["score"] == "rollout" and r["layer"] == "1"
                and r["impact"] == "mask")
     assert_allclose(float(row["mean"]), float(ref.mean_statistic), rtol=1e-12)
+
+
+def test_csv_output_is_written_atomically(dataset, tmp_path, monkeypatch):
+    """-o x.csv goes through attnkit's atomic writer: the permissions of a new file, and
+    a write that fails halfway keeps the previous table and leaves no temporary file."""
+    path, _ = dataset
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "corr.csv"
+    old = os.umask(0o022)
+    try:
+        assert run("correlate", path, "--n-boot", "20", "-o", str(target), "-q").exit_code == 0
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
+    before = target.read_bytes()
+
+    def half_the_rows(self, rows):
+        self.writer.writerow(["raw", "delete", "0,"])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", half_the_rows)
+    result = run("correlate", path, "--n-boot", "20", "-o", str(target), "-q")
+    assert result.exit_code == 2 and "No space" in result.output
+    assert os.listdir(out) == [target.name]
+    assert target.read_bytes() == before
 
 
 def test_netcdf_output_holds_per_sample_statistics(dataset, tmp_path):

@@ -9,11 +9,10 @@ import pytest
 import xarray as xr
 
 import attnkit as ak
-from attnkit import data as akdata
+from attnkit.data import io as akio
 
-zarr = pytest.importorskip("zarr")
-
-FORMATS = ["x.nc", "x.zarr"]
+needs_zarr = pytest.mark.needs_zarr
+FORMATS = ["x.nc", pytest.param("x.zarr", marks=needs_zarr)]
 
 
 def softmax(x):
@@ -195,6 +194,7 @@ def test_validate_atol(rng):
 
 
 # ----------------------------------------------------------------------------- storage
+@needs_zarr  # .nc is also saved again as .zarr
 @pytest.mark.parametrize("name", FORMATS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_round_trip_exact(tmp_path, rng, name, dtype):
@@ -236,11 +236,11 @@ def test_open_with_chunks_is_lazy_and_identical(tmp_path, rng, name):
 
 
 def test_open_with_chunks_without_dask_loads(tmp_path, rng, monkeypatch):
-    import attnkit.data
+    import attnkit.data.io
 
     ds, _ = ragged_dataset(rng, extras=False)
     ak.save_dataset(ds, tmp_path / "x.nc")
-    monkeypatch.setattr(attnkit.data, "_dask_available", lambda: False)
+    monkeypatch.setattr(attnkit.data.io, "_dask_available", lambda: False)
     back = ak.open_dataset(tmp_path / "x.nc", chunks={"sample": 1})
     assert back["attention"].chunks is None
     xr.testing.assert_identical(back, ds)
@@ -264,7 +264,7 @@ def test_interrupted_write_keeps_previous(tmp_path, rng, monkeypatch, name):
     path = tmp_path / name
     ak.save_dataset(first, path)
     writer = "_write_netcdf" if name.endswith(".nc") else "_write_zarr"
-    real = getattr(akdata, writer)
+    real = getattr(akio, writer)
     seen = []
 
     def crash(ds, tmp):
@@ -275,7 +275,7 @@ def test_interrupted_write_keeps_previous(tmp_path, rng, monkeypatch, name):
             f.write(b"half")
         raise OSError("disk full")  # ... then the write fails halfway
 
-    monkeypatch.setattr(akdata, writer, crash)
+    monkeypatch.setattr(akio, writer, crash)
     with pytest.raises(OSError, match="disk full"):
         ak.save_dataset(second, path)
     assert seen and not os.path.exists(seen[0])
@@ -298,6 +298,7 @@ def test_open_missing_file(tmp_path):
         ak.open_dataset(tmp_path / "nope.nc")
 
 
+@needs_zarr
 def test_open_corrupt_and_truncated(tmp_path, rng):
     bad = tmp_path / "x.nc"
     bad.write_bytes(rng.bytes(4096))
@@ -325,7 +326,7 @@ def test_open_newer_schema(tmp_path, rng, name):
     if name.endswith(".nc"):
         ds.to_netcdf(path, engine="h5netcdf")
     else:
-        ds.to_zarr(path, mode="w", **akdata._zarr_kwargs())
+        ds.to_zarr(path, mode="w", **akio.zarr_kwargs())
     with pytest.raises(ValueError, match="written by a newer attnkit.*Fix: upgrade"):
         ak.open_dataset(path)
     with pytest.raises(ValueError, match="written by a newer attnkit"):

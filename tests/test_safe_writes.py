@@ -31,7 +31,7 @@ import xarray as xr
 from click.testing import CliRunner
 
 import attnkit as ak
-from attnkit import data as akdata
+from attnkit.data import io as akio
 from attnkit_cli.main import cli
 
 FORMATS = ("attn.nc", "attn.zarr")
@@ -302,7 +302,7 @@ def test_cli_write_error_keeps_previous_output(tmp_path, rng, monkeypatch, comma
         monkeypatch.setattr(pd.DataFrame, "to_csv", half_a_csv)
     else:
         writer = "_write_netcdf" if suffix == ".nc" else "_write_zarr"
-        monkeypatch.setattr(akdata, writer, half_a_dataset)
+        monkeypatch.setattr(akio, writer, half_a_dataset)
     result = run(command, source, "-o", target, "-q")
     assert result.exit_code == 2, result.output
     assert "No space" in result.output
@@ -334,13 +334,13 @@ def test_zarr_replace_is_one_atomic_exchange_on_linux(tmp_path, rng, monkeypatch
     path = tmp_path / "attn.zarr"
     ak.save_dataset(small_dataset(rng), path)
     calls = []
-    real = akdata._exchange
+    real = akio._exchange
 
     def spy(a, b):
         calls.append(real(a, b))
         return calls[-1]
 
-    monkeypatch.setattr(akdata, "_exchange", spy)
+    monkeypatch.setattr(akio, "_exchange", spy)
     second = small_dataset(rng)
     ak.save_dataset(second, path)
     xr.testing.assert_identical(ak.open_dataset(path), second)
@@ -352,7 +352,7 @@ def test_zarr_replace_is_one_atomic_exchange_on_linux(tmp_path, rng, monkeypatch
 def test_zarr_replace_without_exchange_falls_back_to_two_renames(tmp_path, rng, monkeypatch):
     path = tmp_path / "attn.zarr"
     ak.save_dataset(small_dataset(rng), path)
-    monkeypatch.setattr(akdata, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(akio, "_exchange", lambda a, b: False)
     second = small_dataset(rng)
     ak.save_dataset(second, path)
     xr.testing.assert_identical(ak.open_dataset(path), second)
@@ -365,8 +365,8 @@ def test_exchange_swaps_two_directories(tmp_path):
     b.mkdir()
     (a / "from_a").write_text("a")
     (b / "from_b").write_text("b")
-    if not akdata._exchange(a, b):
+    if not akio._exchange(a, b):
         assert not sys.platform.startswith("linux"), "renameat2 is missing on Linux"
         return
     assert os.listdir(a) == ["from_b"] and os.listdir(b) == ["from_a"]
-    assert not akdata._exchange(a, tmp_path / "missing")  # an error is False, not a raise
+    assert not akio._exchange(a, tmp_path / "missing")  # an error is False, not a raise

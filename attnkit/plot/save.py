@@ -41,7 +41,7 @@ def save_figure(fig, path, *, dpi=150):
     ...     sorted(os.listdir(tmp)), open(out, "rb").read(4)
     (['head.png'], b'\\x89PNG')
     """
-    from .._files import atomic_file
+    from ..data.io import atomic_file
 
     path = Path(os.fspath(path))
     suffix = path.suffix.lower()

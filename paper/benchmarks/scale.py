@@ -88,7 +88,7 @@ def make_store(path: Path, samples: int) -> dict:
     import xarray as xr
 
     import attnkit as ak
-    from attnkit.data import _zarr_kwargs
+    from attnkit.data.io import zarr_kwargs
 
     lengths = np.array([_sample_length(i) for i in range(samples)], dtype=np.int64)
     rng = np.random.default_rng(12345)
@@ -107,7 +107,7 @@ def make_store(path: Path, samples: int) -> dict:
     start = time.perf_counter()
     with dask.config.set(scheduler="threads", num_workers=2):
         ds.to_zarr(path, mode="w", consolidated=True,
-                   encoding={"attention": {"chunks": (1, LAYERS, HEADS, N, N)}}, **_zarr_kwargs())
+                   encoding={"attention": {"chunks": (1, LAYERS, HEADS, N, N)}}, **zarr_kwargs())
     seconds = time.perf_counter() - start
     disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return {"samples": samples, "attention_bytes": samples * LAYERS * HEADS * N * N * 4,

@@ -22,8 +22,8 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from ..cpu import masking as _cpu
-from ..cpu.masking import (  # one set of opcodes and tile states for both backends
-    EMPTY, FULL, OP_ALL, OP_AND, OP_CAUSAL, OP_LOCAL, OP_NOT, OP_OR, PARTIAL,
+from ..cpu.masking import (  # noqa: F401 - one set of opcodes and tile states for both backends
+    EMPTY, FULL, OP_AND, OP_NOT, OP_OR, PARTIAL,
 )
 from ..cpu.masking import tile_state as _cpu_tile_state
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import errors
-from .data import from_arrays
+from .. import errors
+from .build import from_arrays
 
 __all__ = ["from_hf_attentions", "load_layer_arrays"]
 

@@ -8,7 +8,7 @@ the dataset as the first argument, so the two spellings always agree::
 
 The accessor is registered when this module is imported; ``ak.from_arrays``
 and ``ak.open_dataset`` import it, so datasets made by attnkit always have it.
-For a Dataset built by hand, ``import attnkit.accessor`` first.
+For a Dataset built by hand, ``import attnkit.data.accessor`` first.
 
 Examples
 --------
@@ -24,7 +24,7 @@ import importlib
 
 import xarray as xr
 
-__all__ = ["AttentionAccessor"]
+__all__ = ["AttentionAccessor", "registered_xarray"]
 
 
 def _public(name: str):
@@ -35,7 +35,7 @@ def _public(name: str):
 
 @xr.register_dataset_accessor("attn")
 class AttentionAccessor:
-    """Methods of an attention dataset (schema 1); see :mod:`attnkit.accessor`."""
+    """Methods of an attention dataset (schema 1); see :mod:`attnkit.data.accessor`."""
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds
@@ -88,3 +88,13 @@ class AttentionAccessor:
         """Draw a figure of this dataset; see :mod:`attnkit.plot`."""
         plot = importlib.import_module("attnkit.plot")
         return plot.plot_dataset(self._ds, kind=kind, **kwargs)
+
+
+def registered_xarray():
+    """The xarray module, with ``ds.attn`` registered (importing this module did that).
+
+    The dataset functions (``from_arrays``, ``validate``, ``open_dataset``)
+    import this inside their bodies, so ``import attnkit`` does not import
+    xarray and every dataset attnkit makes or opens has the accessor.
+    """
+    return xr
