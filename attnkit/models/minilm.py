@@ -67,7 +67,8 @@ def _need(module: str):
 
 
 
-def _layer_norm(x, gamma, beta, eps):
+def layer_norm(x, gamma, beta, eps):
+    """LayerNorm over the last axis (BERT style, ``eps`` inside the square root)."""
     mean = x.mean(-1, keepdims=True)
     centred = x - mean
     var = np.mean(centred * centred, axis=-1, keepdims=True)
@@ -92,7 +93,7 @@ def _gelu(x):
     return _gelu_ufunc()(x)
 
 
-def _encoder_layer_tail(layer: dict, ctx, x, eps: float):
+def encoder_layer_tail(layer: dict, ctx, x, eps: float):
     """Everything in a BERT encoder layer after the attention itself.
 
     ``ctx`` is the attention output and ``x`` the layer's input, both
@@ -100,11 +101,11 @@ def _encoder_layer_tail(layer: dict, ctx, x, eps: float):
     the GELU feed-forward, residual and layer norm.
     """
     w, b = layer["attn_out"]
-    x = _layer_norm(ctx @ w + b + x, *layer["attn_norm"], eps)
+    x = layer_norm(ctx @ w + b + x, *layer["attn_norm"], eps)
     w, b = layer["inter"]
     h = _gelu(x @ w + b)
     w, b = layer["out"]
-    return _layer_norm(h @ w + b + x, *layer["out_norm"], eps)
+    return layer_norm(h @ w + b + x, *layer["out_norm"], eps)
 
 
 @dataclass
@@ -407,7 +408,7 @@ class MiniLM:
             x[rows, zero[rows]] = 0.0
         if position_embeddings:
             x = x + self.position[:n]
-        x = _layer_norm(x + self.token_type[0], *self.embed_norm, self.eps)
+        x = layer_norm(x + self.token_type[0], *self.embed_norm, self.eps)
 
         H, d = self.n_heads, self.head_dim
         # Matmuls on 2-d (token, feature) arrays: NumPy's stacked 3-d @ 2-d
@@ -429,7 +430,7 @@ class MiniLM:
                 kept_q.append(q)
                 kept_k.append(k)
             ctx = ctx.transpose(0, 2, 1, 3).reshape(batch * n, H * d)
-            x = _encoder_layer_tail(layer, ctx, x, self.eps)
+            x = encoder_layer_tail(layer, ctx, x, self.eps)
         x = x.reshape(batch, n, self.hidden_size)
 
         valid = (np.arange(n)[None, :] < lengths[:, None]).astype(self.dtype)

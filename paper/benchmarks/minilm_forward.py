@@ -47,12 +47,12 @@ BATCH, N = 32, 128
 
 def numpy_forward(model, ids: np.ndarray) -> np.ndarray:
     """The MiniLM encoder with attention in plain NumPy (no padding: full-length batch)."""
-    from attnkit.models.minilm import _encoder_layer_tail, _layer_norm
+    from attnkit.models.minilm import encoder_layer_tail, layer_norm
 
     batch, n = ids.shape
     H, d = model.n_heads, model.head_dim
     x = model.word[ids] + model.position[:n] + model.token_type[0]
-    x = _layer_norm(x, *model.embed_norm, model.eps).reshape(batch * n, -1)
+    x = layer_norm(x, *model.embed_norm, model.eps).reshape(batch * n, -1)
     scale = np.float32(1.0 / np.sqrt(d))
     for layer in model.layers:
         w, b = layer["qkv"]
@@ -65,7 +65,7 @@ def numpy_forward(model, ids: np.ndarray) -> np.ndarray:
         s = np.exp(s - s.max(-1, keepdims=True))
         p = s / s.sum(-1, keepdims=True)
         ctx = (p @ v).transpose(0, 2, 1, 3).reshape(batch * n, H * d)
-        x = _encoder_layer_tail(layer, ctx, x, model.eps)
+        x = encoder_layer_tail(layer, ctx, x, model.eps)
     return x.reshape(batch, n, -1)
 
 

@@ -9,7 +9,6 @@ wrap without a copy.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -26,18 +25,12 @@ from .attention import (
     weights_kernel,
 )
 
-_override: tl.Tiling | None = None
+_tiling = rt.Override()
 
 
-@contextlib.contextmanager
 def use_tiling(tiling: tl.Tiling):
     """Run the kernels with ``tiling`` instead of the automatic choice (tests, tuning)."""
-    global _override
-    previous, _override = _override, tiling
-    try:
-        yield
-    finally:
-        _override = previous
+    return _tiling.use(tiling)
 
 
 class _Launch:
@@ -51,7 +44,7 @@ class _Launch:
         self.d = int(p.q.shape[3])
         self.dv = int(p.v.shape[3]) if with_values else self.d
         self.tiling = tl.choose(self.d, self.dv, self.acc, rt.max_shared_bytes(),
-                                rt.SIMULATOR, _override)
+                                rt.SIMULATOR, _tiling.value)
         self.dp, self.dvp = tl.padded_dims(self.tiling, self.d, self.dv)
         self.mask = mk.mask_kind(p.ops)
         self.mod = device_score_mod(p.score_mod)
@@ -192,7 +185,7 @@ def rows_per_pass(d: int, *dtypes) -> int:
         return MAX_ROWS_PER_PASS
     acc = "float64" if any(np.dtype(x) == np.float64 for x in dtypes) else "float32"
     limit = rt.max_shared_bytes()
-    t = tl.choose(d, d, acc, limit, rt.SIMULATOR, _override)
+    t = tl.choose(d, d, acc, limit, rt.SIMULATOR, _tiling.value)
     dp, dvp = tl.padded_dims(t, d, d)
     rows = MAX_ROWS_PER_PASS
     while rows > 1 and tl.layout(t, dp, dvp, np.dtype(acc).itemsize, "received",

@@ -26,7 +26,6 @@ No validation happens here (see :mod:`attnkit.rollout`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -57,18 +56,12 @@ class GemmTiling:
 
 GPU_TILING = GemmTiling(16, 16, 4, 4, 16)
 SIMULATOR_TILING = GemmTiling(2, 2, 2, 2, 4)
-_override: GemmTiling | None = None
+_tiling = rt.Override()
 
 
-@contextlib.contextmanager
 def use_tiling(tiling: GemmTiling):
     """Run the rollout kernel with ``tiling`` (tests, tuning)."""
-    global _override
-    previous, _override = _override, tiling
-    try:
-        yield
-    finally:
-        _override = previous
+    return _tiling.use(tiling)
 
 
 @functools.lru_cache(maxsize=16)
@@ -216,7 +209,7 @@ def rollout(data, lengths, fusion: int, residual: float, start: int):
     device array (sample, query, key) float64; NaN outside each sample's valid block.
     """
     s, n_layers, _, n, _ = (int(x) for x in data.shape)
-    t = _override or (SIMULATOR_TILING if rt.SIMULATOR else GPU_TILING)
+    t = _tiling.value or (SIMULATOR_TILING if rt.SIMULATOR else GPU_TILING)
     kern, nbytes = layer_kernel(t, fusion)
     buffers = [rt.empty((s, n, n), np.float64), rt.empty((s, n, n), np.float64)]
     d_lens = rt.to_device(np.ascontiguousarray(lengths, dtype=np.int64))

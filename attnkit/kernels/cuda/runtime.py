@@ -10,6 +10,7 @@ simulator, which runs kernels as Python).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
@@ -32,6 +33,24 @@ else:
 
     exp2_f32, exp2_f64 = libdevice.exp2f, libdevice.exp2
     log2_f32, log2_f64 = libdevice.log2f, libdevice.log2
+
+
+class Override:
+    """A setting that tests and tuning replace inside a ``with`` block (e.g. a tiling).
+
+    ``value`` is None unless :meth:`use` is active.
+    """
+
+    def __init__(self) -> None:
+        self.value = None
+
+    @contextlib.contextmanager
+    def use(self, value):
+        previous, self.value = self.value, value
+        try:
+            yield
+        finally:
+            self.value = previous
 
 
 def math_for(acc: np.dtype):
