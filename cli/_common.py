@@ -17,14 +17,17 @@ class UserError(click.ClickException):
 
 
 def user_errors(fn):
-    """Turn attnkit's ValueError/TypeError/MemoryError into one-line UserErrors."""
+    """Turn attnkit's errors (ValueError, TypeError, MemoryError, BackendUnavailableError...)
+    into one-line UserErrors."""
     import functools
+
+    from attnkit.errors import AttnkitError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, TypeError, MemoryError, OSError, KeyError) as exc:
+        except (AttnkitError, ValueError, TypeError, MemoryError, OSError, KeyError) as exc:
             raise UserError(str(exc).strip().splitlines()[0] if str(exc) else repr(exc)) from exc
 
     return wrapper

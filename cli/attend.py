@@ -92,7 +92,7 @@ def attend(inputs, causal, mask_spec, scale, variant, stats, topk, output, backe
         if mask_spec or scale is not None:
             raise UserError("--variant linear takes no --mask or --scale (only --causal). "
                             "Fix: drop them, or use --variant softmax.")
-        return _attend_linear(arrays, causal, output, fmt, quiet)
+        return _attend_linear(arrays, causal, output, fmt, quiet, backend)
     mask = ak.masks.parse(mask_spec) if mask_spec else None
     common = dict(
         scale=scale, causal=causal, mask=mask, q_lengths=arrays.get("q_lengths"),
@@ -129,11 +129,13 @@ def attend(inputs, causal, mask_spec, scale, variant, stats, topk, output, backe
         click.echo(f"wrote {output}")
 
 
-def _attend_linear(arrays: dict, causal: bool, output, fmt: str, quiet: bool) -> None:
+def _attend_linear(arrays: dict, causal: bool, output, fmt: str, quiet: bool,
+                   backend: str) -> None:
     import attnkit as ak
 
     start = time.perf_counter()
-    out = ak.linear_attention(arrays["q"], arrays["k"], arrays["v"], causal=causal)
+    out = ak.linear_attention(arrays["q"], arrays["k"], arrays["v"], causal=causal,
+                              kv_lengths=arrays.get("kv_lengths"), backend=backend)
     seconds = time.perf_counter() - start
     if output:
         save_npz_atomic(Path(output), {"out": out})

@@ -275,6 +275,19 @@ def test_attend_linear_variant_matches_library(runner, tmp_path, rng):
         assert_allclose(saved["out"], ak.linear_attention(q, k, v, causal=True), rtol=1e-12)
 
 
+def test_attend_linear_variant_passes_lengths_and_backend(runner, tmp_path, rng):
+    q, k, v = (rng.standard_normal((2, 9, 4)) for _ in range(3))
+    path = tmp_path / "qkv.npz"
+    np.savez(path, q=q, k=k, v=v, kv_lengths=np.array([9, 5]))
+    out_path = tmp_path / "lin.npz"
+    result = invoke(runner, "attend", str(path), "--variant", "linear", "-o", str(out_path))
+    assert result.exit_code == 0, result.output
+    with np.load(out_path) as saved:
+        assert_allclose(saved["out"], ak.linear_attention(q, k, v, kv_lengths=[9, 5]), rtol=1e-12)
+    result = invoke(runner, "attend", str(path), "--variant", "linear", "--backend", "cuda")
+    assert_user_error(result, "backend='cuda': linear_attention has no CUDA implementation")
+
+
 def test_attend_linear_variant_rejects_mask(runner, npz):
     result = invoke(runner, "attend", npz, "--variant", "linear", "--mask", "local:3")
     assert_user_error(result, "--variant linear takes no --mask")
