@@ -136,6 +136,14 @@ def _cpu_only(fn: str, backend) -> None:
     _backend.choose(backend, cuda_supported=False, what=fn)
 
 
+def _check_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    """q (..., n, dq), k (..., m, dk) and v (..., m, dv) with k and v sharing leading dims."""
+    _sequence("q", q, "dq")
+    _sequence("k", k, "dk")
+    _sequence("v", v, "dv")
+    _same_keys("k", "v", k, v)
+
+
 def _flat(x: np.ndarray) -> np.ndarray:
     """(..., rows, cols) as a C-contiguous (problems, rows, cols) array."""
     return np.ascontiguousarray(x.reshape((math.prod(x.shape[:-2]),) + x.shape[-2:]))
@@ -436,10 +444,7 @@ def additive_attention(q, k, v, w_q, w_k, v_a, *, mask=None, kv_lengths=None,
     return_weights = errors.flag("return_weights", return_weights)
     _cpu_only("additive_attention", backend)
     dtype, (q, k, v, w_q, w_k, v_a) = _floats(q=q, k=k, v=v, w_q=w_q, w_k=w_k, v_a=v_a)
-    _sequence("q", q, "dq")
-    _sequence("k", k, "dk")
-    _sequence("v", v, "dv")
-    _same_keys("k", "v", k, v)
+    _check_qkv(q, k, v)
     dq, dk = q.shape[-1], k.shape[-1]
     fix = "weights are (in, out), applied as x @ w; transpose a torch Linear.weight"
     _matrix("w_q", w_q, dq, None, f"(dq, hidden) with dq = {dq} from q",
@@ -551,10 +556,7 @@ def luong_attention(
                 "an array", f"drop {name}, or pass score={users}",
             )
     dtype, (q, k, v, w, w_c, v_a) = _floats(q=q, k=k, v=v, w=w, w_c=w_c, v_a=v_a)
-    _sequence("q", q, "dq")
-    _sequence("k", k, "dk")
-    _sequence("v", v, "dv")
-    _same_keys("k", "v", k, v)
+    _check_qkv(q, k, v)
     dq, dk = q.shape[-1], k.shape[-1]
     if score == "dot" and dq != dk:
         raise errors.shape_error(
