@@ -15,6 +15,7 @@ Examples
 from . import equivariance, masks, models, positional
 from ._version import __version__
 from .ablation import ablate
+from .attribution import ATTRIBUTION_METHODS, attribute
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
 from .correlate import compare_correlations, correlate
 from .data import (SCHEMA_VERSION, from_arrays, from_hf_attentions, importers, open_dataset,
@@ -44,6 +45,8 @@ __all__ = [
     "check_equivariance",
     "models",
     "ablate",
+    "attribute",
+    "ATTRIBUTION_METHODS",
     "from_hf_attentions",
     "positional",
     "get_options",
