@@ -83,10 +83,53 @@ def _layer_table(stats) -> list[dict]:
     return rows
 
 
-def _scores(ds, kinds, residual):
-    import attnkit as ak
+def _scores(ds, kinds, residual, attributions):
+    """Attention scores per layer, and the stored attributions at the last layer.
 
-    return {kind: ak.attention_scores(ds, kind, residual=residual) for kind in kinds}
+    Attributions explain the whole model, so they sit at the last layer, beside
+    the scores that have seen every layer.
+    """
+    import attnkit as ak
+    from .attribution import METHOD_DIM
+
+    out = {kind: ak.attention_scores(ds, kind, residual=residual) for kind in kinds}
+    last = ds.sizes["layer"] - 1
+    for name in attributions:
+        a = ds["attribution"]
+        a = a.sel({METHOD_DIM: name}, drop=True) if METHOD_DIM in a.dims else a
+        out[name] = a.drop_vars("token", errors="ignore").expand_dims(layer=[last], axis=1)
+    return out
+
+
+def _stored_attributions(ds) -> list[str]:
+    from .attribution import METHOD_DIM
+
+    if "attribution" not in ds.variables:
+        return []
+    a = ds["attribution"]
+    if METHOD_DIM in a.dims:
+        return [str(m) for m in a[METHOD_DIM].values]
+    return [str(a.attrs.get("method", "attribution"))]
+
+
+def missing_scores(ds, scores, attributions) -> list[dict]:
+    """Why a requested score or table cannot be computed from ``ds``: rows of (score, reason)."""
+    rows = []
+    if "grad" in scores and "gradient" not in ds.variables:
+        rows.append({"score": "grad", "reason": "the dataset has no `gradient` (dT/d attention). "
+                     "Fix: attnkit compute --gradients, or model.run(texts, gradients=True)"})
+    if attributions is None and "attribution" not in ds.variables:
+        rows.append({"score": "attributions", "reason": "the dataset has no `attribution`. "
+                     "Fix: attnkit attribute DATASET (input x gradient, integrated gradients, "
+                     "grad_rollout)"})
+    for name in attributions or ():
+        if name not in _stored_attributions(ds):
+            rows.append({"score": name, "reason": f"no attribution {name!r} in the dataset. "
+                         f"Fix: attnkit attribute DATASET -m {name}"})
+    if "impact" not in ds.variables:
+        rows.append({"score": "all (correlations)", "reason": "the dataset has no `impact`, so "
+                     "nothing is correlated. Fix: attnkit ablate DATASET"})
+    return rows
 
 
 def _correlations(ds, scores, methods, n_boot, seed):
@@ -155,7 +198,8 @@ def _results_dataset(ds, stats, scores, correlation):
 
     out = stats.copy()
     for kind, score in scores.items():
-        out[f"{kind}_score"] = score.drop_vars("token", errors="ignore")
+        if kind in SCORE_KINDS:  # attributions are in the input dataset already
+            out[f"{kind}_score"] = score.drop_vars("token", errors="ignore")
     if correlation:
         frame = pd.DataFrame(correlation).set_index(["score", "impact", "method", "layer"])
         summary = xr.Dataset.from_dataframe(frame)
@@ -222,8 +266,12 @@ def _markdown(tables, seconds, ds, quick) -> str:
              f"{ds.sizes['layer']} layers x {ds.sizes['head']} heads, "
              f"lengths {int(ds['length'].min())}..{int(ds['length'].max())}.\n",
              "## Head statistics per layer (means over samples and heads)\n", table(tables["layers"])]
+    if tables.get("missing"):
+        parts += ["## Scores left out, and why\n", table(tables["missing"])]
     if tables.get("correlation"):
         parts += ["## Attention scores vs leave-one-out impact (mean over samples, 95% bootstrap CI)\n",
+                  "Attributions (input x gradient, integrated gradients, grad_rollout, ...) explain "
+                  "the whole model and are listed at the last layer.\n",
                   table(tables["correlation"])]
     if tables.get("paired"):
         parts += ["## Rollout minus raw attention (paired, same samples)\n", table(tables["paired"])]
@@ -234,7 +282,8 @@ def _markdown(tables, seconds, ds, quick) -> str:
 
 
 def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
-            methods=("spearman", "kendall"), residual: float = 0.5, n_boot: int = 1000,
+            attributions=None, methods=("spearman", "kendall"), residual: float = 0.5,
+            n_boot: int = 1000,
             seed: int = 0, equivariance: bool = True, figures: bool = True, progress=None):
     """Run the whole analysis of an attention dataset.
 
@@ -251,6 +300,10 @@ def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
         resamples, quick equivariance checks.
     scores : sequence of {"raw", "rollout", "flow", "grad"}
         [CLS] scores to correlate with impact ("grad" only with gradients).
+    attributions : sequence of str, optional
+        Stored ``attribution`` methods to correlate too (listed at the last
+        layer); default: all the dataset holds. Scores that cannot be computed
+        are listed, with the reason and the fix, in ``tables["missing"]``.
     methods : sequence of {"spearman", "kendall", "pearson"}
     residual : float
         Residual weight of rollout and flow.
@@ -286,13 +339,17 @@ def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
         n_boot = min(n_boot, 200)
     ds = ds.load()
     kinds = [k for k in scores if k != "grad" or "gradient" in ds.variables]
+    stored = _stored_attributions(ds)
+    chosen = stored if attributions is None else [a for a in attributions if a in stored]
+    missing = missing_scores(ds, scores, attributions)
     has_impact = "impact" in ds.variables
     total = 3 + int(has_impact) + int(equivariance) + int(figures) + int(output_dir is not None)
     steps = _Steps(progress, total)
     steps.run("validate", ak.validate, ds)
     stats = steps.run("head statistics", ak.head_stats, ds)
-    score_arrays = steps.run(f"scores ({', '.join(kinds)})", _scores, ds, kinds, residual)
-    tables = {"layers": _layer_table(stats)}
+    score_arrays = steps.run(f"scores ({', '.join(kinds + chosen)})", _scores, ds, kinds,
+                             residual, chosen)
+    tables = {"layers": _layer_table(stats), "missing": missing}
     correlation = []
     if has_impact:
         correlation, paired = steps.run("correlation with impact", _correlations, ds,

@@ -92,6 +92,30 @@ def check_output_path(output, suffixes: tuple[str, ...], example: str) -> Path |
     return path
 
 
+def merge_methods(ds, new, dim: str, *, replace: bool, same: dict[str, str]):
+    """``ds`` with the variable ``new`` (named, with a ``dim`` of methods) added.
+
+    Methods already in ``ds`` are replaced, the others kept. Each attr named
+    in ``same`` must agree between the old and the new variable (the value is
+    the fix to suggest); ``replace`` drops the old variable first.
+    """
+    import xarray as xr
+
+    name = new.name
+    if name not in ds.variables or replace:
+        return ds.drop_vars([name, dim], errors="ignore").assign({name: new})
+    old = ds[name]
+    for attr, fix in same.items():
+        if old.attrs.get(attr) != new.attrs.get(attr):
+            raise UserError(f"{name}: expected the dataset's {attr} ({old.attrs.get(attr)!r}), got "
+                            f"{new.attrs.get(attr)!r}. Fix: {fix}.")
+    added = set(new[dim].values.tolist())
+    keep = [i for i, m in enumerate(old[dim].values.tolist()) if m not in added]
+    combined = xr.concat([old.isel({dim: keep}), new], dim=dim) if keep else new
+    combined.attrs = {**old.attrs, **new.attrs}
+    return ds.drop_vars([name, dim]).assign({name: combined})
+
+
 # ----------------------------------------------------------------------------- output
 
 

