@@ -13,10 +13,14 @@ Two steps, both deterministic:
    examples defined below (written or collected for attnkit, CC0).
 2. Without ``--select`` it reads ``sentences.txt`` and writes
    ``minilm/minilm.nc``: attention, tokens, lengths, the sentence texts and
-   embeddings, and the leave-one-out impacts (``delete`` and ``mask``, special
-   tokens computed too; ``--no-impacts`` skips them). The attention is rounded
+   embeddings, the leave-one-out impacts (``delete`` and ``mask``, special
+   tokens computed too; ``--no-impacts`` skips them), the attention gradients
+   of ``T = <r(x'), r(x)/|r(x)|>`` (``model.run(gradients=True)``) and the
+   attributions input x gradient, integrated gradients (64 steps, zero
+   baseline) and grad_rollout (``ak.attribute``). The attention is rounded
    to multiples of 2**-16 with rows summing to exactly 1 (see
-   ``quantize_rows``) so the file stays small; q and k (``--qk``) are left
+   ``quantize_rows``) and the gradients to 8 mantissa bits (see
+   ``round_mantissa``) so the file stays small; q and k (``--qk``) are left
    out of the shipped file for size.
 
 Usage, from the repository root::
@@ -193,6 +197,28 @@ def quantize_rows(att: np.ndarray, bits: int = QUANTUM_BITS) -> np.ndarray:
     return np.where(nan, np.nan, low / (1 << bits)).astype(np.float32)
 
 
+GRADIENT_BITS = 8
+#: The attributions shipped (``ak.attribute``), and integrated gradients' path points.
+ATTRIBUTIONS = ("input_x_gradient", "integrated_gradients", "grad_rollout")
+IG_STEPS = 64
+
+
+def round_mantissa(a: np.ndarray, bits: int = GRADIENT_BITS) -> np.ndarray:
+    """Round float32 values to ``bits`` mantissa bits (to nearest; NaN stays NaN).
+
+    Each value moves by at most a relative 2**-(bits + 1) (0.2% for 8 bits,
+    bfloat16's precision with float32's range); the zeroed low bits compress
+    well.
+    """
+    x = np.ascontiguousarray(a, dtype=np.float32).copy()
+    raw = x.view(np.uint32)
+    drop = 23 - bits
+    finite = np.isfinite(x)
+    rounded = (raw + np.uint32(1 << (drop - 1))) & np.uint32((0xFFFFFFFF >> drop) << drop)
+    raw[finite] = rounded[finite]
+    return x
+
+
 def build(no_impacts: bool, batch_size: int, qk: bool, out: Path) -> None:
     import attnkit as ak
     from attnkit.models import MiniLM
@@ -200,9 +226,13 @@ def build(no_impacts: bool, batch_size: int, qk: bool, out: Path) -> None:
     texts = [t for t in (HERE / "sentences.txt").read_text(encoding="utf-8").splitlines() if t]
     model = MiniLM.load()
     start = time.perf_counter()
-    ds = model.run(texts, batch_size=batch_size, qk=qk, progress=True,
+    ds = model.run(texts, batch_size=batch_size, qk=qk, gradients=True, progress=True,
                    source="datasets/minilm/sentences.txt")
     seconds = {"run": time.perf_counter() - start}
+    start = time.perf_counter()
+    ds["attribution"] = ak.attribute(model, ds, method=ATTRIBUTIONS, steps=IG_STEPS,
+                                     baseline="zero", batch_size=batch_size, progress=True)
+    seconds["attribute"] = time.perf_counter() - start
     if not no_impacts:
         start = time.perf_counter()
         impact = ak.ablate(model, ds, method=("delete", "mask"), special="compute",
@@ -213,12 +243,18 @@ def build(no_impacts: bool, batch_size: int, qk: bool, out: Path) -> None:
     # the attention; --qk keeps them (for a local copy).
     if not qk:
         ds = ds.drop_vars(["q", "k"], errors="ignore")
+    # dT/d(word embeddings) (7 MB) is summed up by the attributions; the attention
+    # gradients, which `attnkit analyze` needs for the grad score, are kept.
+    ds = ds.drop_vars("input_gradient")
     ds["attention"] = (ds.attention.dims, quantize_rows(ds.attention.values))
+    ds["gradient"] = (ds.gradient.dims, round_mantissa(ds.gradient.values))
     ds.attrs.update({
         "source": "datasets/minilm/sentences.txt (see sources.tsv for each line's origin)",
         "licence": "sentences from UD English EWT: CC BY-SA 4.0; the others: CC0-1.0",
         "rounding": f"attention rounded to multiples of 2**-{QUANTUM_BITS} with rows summing to "
-                    f"exactly 1 (largest remainder); embedding float32, impact float64",
+                    f"exactly 1 (largest remainder); gradient float32 rounded to "
+                    f"{GRADIENT_BITS} mantissa bits; embedding float32, impact and "
+                    f"attribution float64",
         "created_by": "datasets/make_minilm_dataset.py",
     })
     ak.save_dataset(ds, out)
