@@ -243,6 +243,19 @@ def _figures(ds, stats, scores, correlation, folder: Path) -> list[Path]:
                           title=f"Rollout, sample {sample}").figure, "rollout.png")
     save(plot.flow_map(ak.attention_flow(one).values[0, :length, :length], tokens,
                        title=f"Attention flow, sample {sample}").figure, "flow.png")
+    attributions = [k for k in scores if k not in SCORE_KINDS]
+    if attributions:
+        rows = {}
+        if "impact" in ds.variables:
+            impact = ds["impact"].isel(method=0)
+            rows[f"impact ({impact['method'].item() if 'method' in impact.coords else 0})"] = \
+                impact.values[sample, :length]
+        for kind in [k for k in ("raw", "grad") if k in scores] + attributions:
+            label = f"{kind} (layer {int(scores[kind]['layer'][-1])})" if kind in SCORE_KINDS \
+                else kind
+            rows[label] = scores[kind].values[sample, -1, :length]
+        save(plot.token_scores(rows, tokens, title=f"Impact, attention and attributions, "
+                               f"sample {sample}"), "attributions.png")
     if correlation:
         for method in sorted({row["method"] for row in correlation}):
             rows = [r for r in correlation if r["method"] == method]

@@ -78,3 +78,37 @@ def test_analyze_cli_errors(tmp_path):
 def test_analyze_rejects_unknown_scores():
     with pytest.raises(ValueError, match=r"scores: expected a subset of"):
         analyze(PLANTED, scores=("raw", "shap"), equivariance=False, figures=False)
+
+
+def test_analyze_correlates_stored_attributions_and_draws_them(with_impact, tmp_path, rng):
+    ds = with_impact
+    impact = ds.impact.isel(method=0).values
+    scores = np.stack([impact + rng.random(impact.shape) * 1e-3, rng.random(impact.shape)], -1)
+    ds["attribution"] = xr.DataArray(np.where(np.isnan(impact)[..., None], np.nan, scores),
+                                     dims=("sample", "position", "attribution_method"),
+                                     coords={"attribution_method": ["good", "noise"]})
+    res = analyze(ds, tmp_path / "out", equivariance=False, n_boot=100, methods=("spearman",))
+    assert "attributions.png" in [p.name for p in res.files]
+    rows = {(r["score"], r["impact"]): r for r in res.tables["correlation"]
+            if r["score"] in ("good", "noise")}
+    assert {r["layer"] for r in rows.values()} == {3}  # the last layer
+    assert rows[("good", "delete")]["statistic"] > 0.9
+    assert abs(rows[("noise", "delete")]["statistic"]) < 0.5
+    assert res.tables["missing"] == []
+    only = analyze(ds, attributions=["good", "absent"], equivariance=False, figures=False,
+                   n_boot=50, methods=("spearman",))
+    assert {r["score"] for r in only.tables["correlation"]} >= {"good"}
+    assert "noise" not in {r["score"] for r in only.tables["correlation"]}
+    assert [m["score"] for m in only.tables["missing"]] == ["absent"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| 3 | good | delete |" in report
+
+
+def test_analyze_says_why_scores_are_missing(tmp_path):
+    ds = ak.open_dataset(PLANTED).isel(sample=slice(0, 4)).drop_vars("gradient")
+    res = analyze(ds, tmp_path / "o", equivariance=False, figures=False)
+    reasons = {m["score"]: m["reason"] for m in res.tables["missing"]}
+    assert "attnkit compute --gradients" in reasons["grad"]
+    assert "attnkit attribute" in reasons["attributions"]
+    assert "attnkit ablate" in reasons["all (correlations)"]
+    assert "## Scores left out, and why" in (tmp_path / "o" / "report.md").read_text()

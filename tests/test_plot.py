@@ -584,3 +584,15 @@ def test_cli_plot_bad_file_and_help(tmp_path):
     help_text = run("plot", "--help").output
     assert "Examples:" in help_text and "attnkit plot datasets/minilm/minilm.nc" in help_text
     assert "plot" in run("--help").output
+
+
+def test_token_scores_groups_normalises_and_drops_padding():
+    fig = plot.token_scores({"impact": [0.2, 0.4, np.nan], "IG": [-3.0, 1.5, np.nan]},
+                            ["[CLS]", "good", ""], title="sample 0")
+    heights = [round(float(p.get_height()), 3) for p in fig.axes[0].patches]
+    assert heights == [0.5, 1.0, -1.0, 0.5]  # each score / its max |score|; padding dropped
+    assert ticks(fig.axes[0], "x") == ["[CLS]", "good"]
+    raw = plot.token_scores({"a": [2.0, 4.0]}, normalise=False)
+    assert [p.get_height() for p in raw.axes[0].patches] == [2.0, 4.0]
+    with pytest.raises(ValueError, match="scores: expected at least one"):
+        plot.token_scores({})

@@ -13,7 +13,8 @@ Every public name is re-exported here (``attnkit.plot.<name>``); the modules are
   :func:`heatmap`, :func:`matrix_map` (:func:`rollout_map`, :func:`flow_map`),
   :func:`alignment`;
 * :mod:`~attnkit.plot.heads` -- every layer and head: :func:`head_grid`;
-* :mod:`~attnkit.plot.tokens` -- what feeds [CLS]: :func:`cls_bar`;
+* :mod:`~attnkit.plot.tokens` -- what feeds [CLS]: :func:`cls_bar`; several per-token
+  scores side by side: :func:`token_scores`;
 * :mod:`~attnkit.plot.patches` -- [CLS] on an image's patch grid: :func:`patch_overlay`;
 * :mod:`~attnkit.plot.stats` -- head statistics: :func:`head_stats_plot`,
   :func:`special_token_plot`;
@@ -46,7 +47,7 @@ from .patches import patch_overlay
 from .performance import cost_plot, load_results, memory_plot, throughput_plot
 from .save import FORMATS, save_figure
 from .stats import head_stats_plot, special_token_plot
-from .tokens import cls_bar
+from .tokens import cls_bar, token_scores
 
 __all__ = [
     "heatmap",
@@ -56,6 +57,7 @@ __all__ = [
     "rollout_map",
     "flow_map",
     "cls_bar",
+    "token_scores",
     "patch_overlay",
     "head_stats_plot",
     "special_token_plot",
