@@ -46,6 +46,7 @@ bench: $(VENV)/.test-deps
 	$(BIN)/python paper/benchmarks/interpretation.py
 	$(BIN)/python paper/benchmarks/correlation.py
 	$(BIN)/python paper/benchmarks/minilm_forward.py
+	$(BIN)/python paper/benchmarks/gradients.py  # torch peer only where torch is installed
 	$(BIN)/python paper/benchmarks/scale.py
 	$(BIN)/python paper/benchmarks/gpu_attention.py  # exits with a message where no GPU is present
 

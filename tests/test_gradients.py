@@ -196,3 +196,14 @@ def test_run_records_a_vector_target(model32):
 def test_bad_target(model32, target, match):
     with pytest.raises(ValueError, match=match):
         model32.run(["Hello world", "Hi"], gradients=True, target=target)
+
+
+def test_encode_and_backward_bad_input(model32):
+    embeds, lengths = model32.word_embeddings([[101, 7592, 102]])
+    with pytest.raises(ValueError, match=r"word_embeds: expected shape \(batch, n, 384\)"):
+        model32.encode(embeds[0], lengths)
+    with pytest.raises(ValueError, match=r"lengths: expected 1 lengths in \[1, 3\]"):
+        model32.encode(embeds, [4])
+    out = model32.encode(embeds, lengths)
+    with pytest.raises(ValueError, match="record=True"):
+        model32.backward(out, np.ones((1, 384)))

@@ -485,10 +485,10 @@ class MiniLM:
 
         x = np.asarray(word_embeds, dtype=self.dtype)
         lengths = np.asarray(lengths, dtype=np.int64)
-        batch, n = x.shape[:2]
-        if x.ndim != 3 or x.shape[2] != self.hidden_size:
+        if x.ndim != 3 or x.shape[2] != self.hidden_size or x.shape[1] < 1:
             raise shape_error("word_embeds", f"(batch, n, {self.hidden_size})", x.shape,
                               "pass the word embeddings of padded token sequences")
+        batch, n = x.shape[:2]
         if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > n:
             raise value_error("lengths", f"{batch} lengths in [1, {n}]", lengths.tolist(),
                               "pass one valid-token count per sequence")
