@@ -109,8 +109,8 @@ def test_encoder_attention_gradient_matches_finite_differences(rng, monkeypatch)
         E = rng.standard_normal(g.attention[:, layer].shape) * inside
         calls = []
 
-        def perturbed(q, k, v, lens, *, scale=None, h=0.0):
-            out, cache = forward(q, k, v, lens, scale=scale)
+        def perturbed(q, k, v, lens, *, h=0.0, **kwargs):
+            out, cache = forward(q, k, v, lens, **kwargs)
             if len(calls) == layer:
                 out = (cache[0] + h * E) @ v
             calls.append(1)

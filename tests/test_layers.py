@@ -60,6 +60,23 @@ def test_gelu_is_exact_erf_and_its_gradient(rng):
                       layers.gelu_backward(c, cache), x, rng)
     y32, _ = layers.gelu_forward(x.astype(np.float32))
     assert y32.dtype == np.float32
+    # the fused bias: gelu(x + b), its gradient with respect to x
+    b = rng.standard_normal(x.shape[-1])
+    yb, cache_b = layers.gelu_forward(x, b)
+    np.testing.assert_allclose(yb, layers.gelu_forward(x + b)[0], rtol=1e-14, atol=1e-15)
+    directional_check(lambda x: np.sum(layers.gelu_forward(x, b)[0] * c),
+                      layers.gelu_backward(c, cache_b), x, rng)
+    assert layers.gelu_forward(x, keep=False)[1] is None
+
+
+def test_linear_rows_beyond_one_block(rng):
+    """The row-block kernel: more rows than one block, a transposed weight, no bias."""
+    x = rng.standard_normal((300, 7))
+    w = rng.standard_normal((5, 7))
+    y, _ = layers.linear_forward(x, w.T)
+    np.testing.assert_allclose(y, x @ w.T, rtol=1e-13, atol=1e-13)
+    y32, _ = layers.linear_forward(x.astype(np.float32), w.T.astype(np.float32), np.ones(5))
+    np.testing.assert_allclose(y32, x @ w.T + 1, rtol=1e-5, atol=1e-5)
 
 
 def test_residual_and_embeddings(rng):
@@ -161,3 +178,14 @@ def test_l2_normalize(rng):
     # the gradient of a normalised vector along itself is zero
     along = layers.l2_normalize_backward(y, cache)
     np.testing.assert_allclose(along, 0.0, atol=1e-14)
+
+
+def test_gelu_float32_erf_is_within_a_few_ulps(rng):
+    from scipy.special import erf
+
+    x = np.concatenate([np.linspace(-9, 9, 20001), rng.standard_normal(1000) * 3])
+    y, (pre, cdf) = layers.gelu_forward(x.astype(np.float32))
+    exact_cdf = 0.5 * (1 + erf(x.astype(np.float32).astype(np.float64) / np.sqrt(2)))
+    assert y.dtype == np.float32 and cdf.dtype == np.float32
+    assert np.abs(cdf - exact_cdf).max() < 3e-7
+    np.testing.assert_allclose(y, pre.astype(np.float64) * exact_cdf, rtol=0, atol=3e-6)

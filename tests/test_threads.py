@@ -43,3 +43,28 @@ def test_results_identical_for_one_and_two_threads(tmp_path, rng):
         one["out"], ak.attention(q, k, v, mask=ak.masks.local(50) | ak.masks.global_tokens([0])),
         rtol=1e-6, atol=1e-6,
     )
+
+
+MODEL_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, attnkit as ak
+    model = ak.models.MiniLM.load()
+    ids = model.tokenize(["The keys to the cabinet are on the table.", "Hello world"] * 80)
+    embeds, lengths = model.word_embeddings(ids)  # 160 x 12 tokens: several row blocks
+    g = model.value_and_gradients(embeds, lengths)
+    np.savez(sys.argv[2], value=g.value, input_gradient=g.input_gradient,
+             attention_gradient=g.attention_gradient)
+    """
+)
+
+
+def test_model_gradients_identical_for_one_and_two_threads(tmp_path):
+    results = []
+    for threads in (1, 2):
+        out = tmp_path / f"g{threads}.npz"
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+        subprocess.run([sys.executable, "-c", MODEL_SCRIPT, "-", str(out)], check=True, env=env,
+                       timeout=600)
+        results.append(dict(np.load(out)))
+    for name in results[0]:
+        np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)

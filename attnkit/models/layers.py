@@ -48,6 +48,11 @@ def valid_mask(lengths, n: int) -> np.ndarray:
     return np.arange(n)[None, :] < np.asarray(lengths)[:, None]
 
 
+def _rows(x):
+    """``x`` as a C-contiguous 2-d (rows, last axis) array."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+
+
 # ----------------------------------------------------------------------------- embeddings
 def embeddings_forward(word_embeds, position=None, token_type=None):
     """Sum of word, position and token-type embeddings (BERT's input, before its LayerNorm).
@@ -81,14 +86,28 @@ def embeddings_backward(dx, cache=None):
 
 
 # ----------------------------------------------------------------------------- linear
-def linear_forward(x, w, b):
-    """``x @ w + b`` over the last axis (``w`` is (in, out)); cache: ``w``."""
-    return x @ w + b, w
+def _matmul(x, w, b=None):
+    """``x @ w (+ b)`` over the last axis, through the row-parallel kernel."""
+    from ..kernels.cpu import layers as kernels
+    from ..kernels.cpu.threads import single_threaded_blas
+
+    rows = _rows(x)
+    w = np.asarray(w, rows.dtype)
+    out = np.empty((rows.shape[0], w.shape[1]), rows.dtype)
+    bias = np.zeros(0, rows.dtype) if b is None else np.asarray(b, rows.dtype)
+    with single_threaded_blas():
+        kernels.linear(rows, w, bias, out)
+    return out.reshape(x.shape[:-1] + (w.shape[1],))
+
+
+def linear_forward(x, w, b=None):
+    """``x @ w + b`` over the last axis (``w`` is (in, out); no ``b``: no bias); cache: ``w``."""
+    return _matmul(x, w, b), w
 
 
 def linear_backward(dy, w):
     """Input gradient ``dy @ w.T`` of :func:`linear_forward`."""
-    return dy @ w.T
+    return _matmul(dy, w.T)
 
 
 # ----------------------------------------------------------------------------- LayerNorm
@@ -96,13 +115,16 @@ def layer_norm_forward(x, gamma, beta, eps: float):
     """LayerNorm over the last axis (``eps`` inside the square root, as BERT and DINOv2).
 
     Returns ``y`` and the cache ``(xhat, rstd, gamma)``: the normalised input,
-    ``1 / sqrt(var + eps)`` per row, and the scale.
+    ``1 / sqrt(var + eps)`` per row (rows of the flattened input), and the scale.
     """
-    centred = x - x.mean(-1, keepdims=True)
-    var = np.mean(centred * centred, axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + np.asarray(eps, dtype=x.dtype))
-    xhat = centred * rstd
-    return xhat * gamma + beta, (xhat, rstd, gamma)
+    from ..kernels.cpu import layers as kernels
+
+    rows = _rows(x)
+    y, xhat = np.empty_like(rows), np.empty_like(rows)
+    rstd = np.empty(rows.shape[0], rows.dtype)
+    kernels.layer_norm(rows, np.asarray(gamma, rows.dtype), np.asarray(beta, rows.dtype),
+                       float(eps), y, xhat, rstd)
+    return y.reshape(x.shape), (xhat.reshape(x.shape), rstd, np.asarray(gamma, rows.dtype))
 
 
 def layer_norm_backward(dy, cache):
@@ -110,38 +132,47 @@ def layer_norm_backward(dy, cache):
 
     With ``g = dy * gamma``: ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``.
     """
+    from ..kernels.cpu import layers as kernels
+
     xhat, rstd, gamma = cache
-    g = dy * gamma
-    return rstd * (g - g.mean(-1, keepdims=True) - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    xh = _rows(xhat)
+    dx = np.empty_like(xh)
+    kernels.layer_norm_grad(_rows(np.asarray(dy, xh.dtype)), xh, rstd, gamma, dx)
+    return dx.reshape(xhat.shape)
 
 
 # ----------------------------------------------------------------------------- GELU
-@functools.lru_cache(maxsize=None)
-def _gelu_ufuncs():
-    import numba
+def gelu_forward(x, bias=None, *, keep=True):
+    """Exact GELU ``x * Phi(x)`` of ``x + bias`` (erf form, as BERT and DINOv2).
 
-    # The exact erf form (BERT's "gelu", DINOv2's), not the tanh approximation.
-    @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
-    def gelu(x):
-        return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+    The bias add is fused into the same parallel pass (a linear layer's bias
+    before its activation). float64 uses libm's erf; float32 a rational
+    approximation of erf within 4.5e-7 (a few float32 ulps) that vectorises. The cache is ``(x + bias, Phi(x + bias))``, or
+    None with ``keep=False`` (inference: no backward).
+    """
+    from ..kernels.cpu import layers as kernels
 
-    # d/dx [x Phi(x)] = Phi(x) + x phi(x)
-    @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
-    def gelu_grad(x):
-        return (0.5 * (1.0 + math.erf(x * 0.7071067811865476))
-                + x * 0.3989422804014327 * math.exp(-0.5 * x * x))
-
-    return gelu, gelu_grad
-
-
-def gelu_forward(x):
-    """Exact GELU ``x * Phi(x)``; cache: ``x``."""
-    return _gelu_ufuncs()[0](x), x
+    rows = _rows(x)
+    bias = np.zeros(rows.shape[1], rows.dtype) if bias is None else np.asarray(bias, rows.dtype)
+    pre, out = np.empty_like(rows), np.empty_like(rows)
+    if rows.dtype == np.float32:  # a rational erf accurate to a few float32 ulps
+        cdf = np.empty_like(rows)
+        kernels.bias_gelu_f32(rows, bias, pre, cdf, out)
+    else:
+        cdf = np.empty_like(rows) if keep else np.empty((0, 0), rows.dtype)
+        kernels.bias_gelu(rows, bias, pre, cdf, out)
+    return out.reshape(x.shape), (pre.reshape(x.shape), cdf.reshape(x.shape)) if keep else None
 
 
-def gelu_backward(dy, x):
+def gelu_backward(dy, cache):
     """Input gradient of :func:`gelu_forward`: ``dy * (Phi(x) + x phi(x))``."""
-    return dy * _gelu_ufuncs()[1](x)
+    from ..kernels.cpu import layers as kernels
+
+    pre, cdf = cache
+    x = _rows(pre)
+    out = np.empty_like(x)
+    kernels.gelu_grad(_rows(np.asarray(dy, x.dtype)), x, _rows(cdf), out)
+    return out.reshape(pre.shape)
 
 
 # ----------------------------------------------------------------------------- residual
@@ -156,7 +187,7 @@ def residual_backward(dy, cache=None):
 
 
 # ----------------------------------------------------------------------------- attention
-def attention_forward(q, k, v, lengths, *, scale=None):
+def attention_forward(q, k, v, lengths, *, scale=None, weights_out=None):
     """Softmax attention over the valid keys, with the probabilities kept.
 
     Parameters
@@ -167,6 +198,9 @@ def attention_forward(q, k, v, lengths, *, scale=None):
         Valid tokens per sequence; keys at or past it get probability 0.
     scale : float, optional
         Score scale; default ``1 / sqrt(d)``.
+    weights_out : ndarray (batch, head, n, n), optional
+        Where to keep the probabilities (e.g. one layer of a preallocated
+        (batch, layer, head, n, n) array); default a new array.
 
     Returns
     -------
@@ -177,19 +211,38 @@ def attention_forward(q, k, v, lengths, *, scale=None):
         attention (``cache[0]``).
     """
     from ..attention import attention_weights
+    from ..kernels.cpu import layers as kernels
+    from ..kernels.cpu.threads import single_threaded_blas
 
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    lengths = np.asarray(lengths, dtype=np.int64)
     p = attention_weights(q, k, scale=scale, kv_lengths=lengths, check_finite=False)
-    return p @ v, (p, q, k, v, np.asarray(lengths), scale)
+    if weights_out is not None:
+        weights_out[...] = p
+        p = weights_out
+    out = np.empty(p.shape[:3] + (v.shape[-1],), dtype=np.result_type(p, v))
+    with single_threaded_blas():
+        kernels.attention_values(p, np.asarray(v, out.dtype), lengths, out)
+    return out, (p, q, k, v, lengths, scale)
 
 
-def attention_backward(dout, cache):
+def attention_backward(dout, cache, *, out=None):
     """Gradients of :func:`attention_forward` from the stored probabilities.
 
     ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dP * P))``,
-    ``dQ = scale dS K``, ``dK = scale dS^T Q``. Entries of ``dP`` at padded
-    keys and padded queries are exactly 0 (those probabilities are not free:
-    the mask fixes them).
+    ``dQ = scale dS K``, ``dK = scale dS^T Q``, on each sequence's valid
+    block. Entries of ``dP`` at padded keys and padded queries are exactly 0
+    (those probabilities are not free: the mask fixes them), as are the
+    gradients of padded positions.
+
+    Parameters
+    ----------
+    dout : ndarray (batch, head, n, dv)
+    cache : tuple
+        From :func:`attention_forward`.
+    out : tuple of 4 ndarrays, optional
+        ``(dq, dk, dv, dp)`` to write into (views are fine, e.g. slices of one
+        (batch, n, 3, head, d) buffer); default new arrays.
 
     Returns
     -------
@@ -198,16 +251,19 @@ def attention_backward(dout, cache):
     dp : ndarray (batch, head, n, n)
         Gradient with respect to the attention probabilities.
     """
+    from ..kernels.cpu import layers as kernels
+    from ..kernels.cpu.threads import single_threaded_blas
+
     p, q, k, v, lengths, scale = cache
-    n = p.shape[-1]
-    valid = valid_mask(lengths, n)  # (batch, n)
-    dp = dout @ np.swapaxes(v, -1, -2)
-    dp *= (valid[:, None, :, None] & valid[:, None, None, :])
-    dv = np.swapaxes(p, -1, -2) @ dout
-    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))
-    dq = (ds @ k) * scale
-    dk = (np.swapaxes(ds, -1, -2) @ q) * scale
-    return dq.astype(q.dtype, copy=False), dk.astype(k.dtype, copy=False), dv, dp
+    dtype = p.dtype
+    if out is None:
+        out = (np.empty(q.shape, dtype), np.empty(k.shape, dtype), np.empty(v.shape, dtype),
+               np.empty(p.shape, dtype))
+    with single_threaded_blas():
+        kernels.attention_grad(p, np.asarray(q, dtype), np.asarray(k, dtype),
+                               np.asarray(v, dtype), np.asarray(dout, dtype), lengths,
+                               dtype.type(scale), *out)
+    return out
 
 
 # ----------------------------------------------------------------------------- pooling

@@ -74,13 +74,14 @@ def layer_norm(x, gamma, beta, eps):
     return layers.layer_norm_forward(x, gamma, beta, eps)[0]
 
 
-def _encoder_layer_tail(layer: dict, ctx, x, eps: float):
-    """:func:`encoder_layer_tail` with the caches its backward needs."""
+def _encoder_layer_tail(layer: dict, ctx, x, eps: float, keep: bool = True):
+    """:func:`encoder_layer_tail` with the caches its backward needs (``keep``)."""
     a, c_attn_out = layers.linear_forward(ctx, *layer["attn_out"])
     x, _ = layers.residual_forward(x, a)
     x, c_attn_norm = layers.layer_norm_forward(x, *layer["attn_norm"], eps)
-    h, c_inter = layers.linear_forward(x, *layer["inter"])
-    h, c_gelu = layers.gelu_forward(h)
+    w_inter, b_inter = layer["inter"]
+    h, c_inter = layers.linear_forward(x, w_inter)
+    h, c_gelu = layers.gelu_forward(h, b_inter, keep=keep)  # bias add fused in
     o, c_out = layers.linear_forward(h, *layer["out"])
     y, _ = layers.residual_forward(x, o)
     y, c_out_norm = layers.layer_norm_forward(y, *layer["out_norm"], eps)
@@ -106,7 +107,7 @@ def encoder_layer_tail(layer: dict, ctx, x, eps: float):
     (token, hidden) 2-d: output projection, residual and layer norm, then
     the GELU feed-forward, residual and layer norm.
     """
-    return _encoder_layer_tail(layer, ctx, x, eps)[0]
+    return _encoder_layer_tail(layer, ctx, x, eps, keep=False)[0]
 
 
 @dataclass
@@ -504,22 +505,24 @@ class MiniLM:
         # Matmuls on 2-d (token, feature) arrays: NumPy's stacked 3-d @ 2-d
         # path is many times slower than one BLAS call.
         x = x.reshape(batch * n, self.hidden_size)
-        kept_w, kept_q, kept_k, tape = [], [], [], []
-        for layer in self.layers:
+        kept_q, kept_k, tape = [], [], []
+        attention_kept = np.empty((batch, self.n_layers, H, n, n), self.dtype) \
+            if (weights or record) else None
+        for i, layer in enumerate(self.layers):
             qkv, c_qkv = layers.linear_forward(x, *layer["qkv"])
             qkv = qkv.reshape(batch, n, 3, H, d)
             # (batch, head, position, dim) each, contiguous for the kernels
             q, k, v = (np.ascontiguousarray(qkv[:, :, j].transpose(0, 2, 1, 3)) for j in range(3))
             if weights or record:
-                ctx, c_attention = layers.attention_forward(q, k, v, lengths)
-                kept_w.append(c_attention[0])
+                ctx, c_attention = layers.attention_forward(q, k, v, lengths,
+                                                            weights_out=attention_kept[:, i])
             else:
                 ctx = attention(q, k, v, kv_lengths=lengths, check_finite=False)
             if qk:
                 kept_q.append(q)
                 kept_k.append(k)
             ctx = ctx.transpose(0, 2, 1, 3).reshape(batch * n, H * d)
-            x, c_tail = _encoder_layer_tail(layer, ctx, x, self.eps)
+            x, c_tail = _encoder_layer_tail(layer, ctx, x, self.eps, keep=record)
             if record:
                 tape.append((c_qkv, c_attention, c_tail))
         x = x.reshape(batch, n, self.hidden_size)
@@ -527,7 +530,7 @@ class MiniLM:
         embedding, _ = layers.l2_normalize_forward(pooled)
         return MiniLMOutput(
             hidden=x, embedding=embedding, lengths=lengths, pooled=pooled,
-            attention=np.stack(kept_w, axis=1) if (weights or record) else None,
+            attention=attention_kept,
             q=np.stack(kept_q, axis=1) if qk else None,
             k=np.stack(kept_k, axis=1) if qk else None,
             tape=(c_embed_norm, tape, c_pool) if record else None,
@@ -558,16 +561,17 @@ class MiniLM:
         H, d = self.n_heads, self.head_dim
         dx = layers.mean_pool_backward(np.asarray(d_readout, dtype=self.dtype), c_pool)
         dx = dx.reshape(batch * n, self.hidden_size)
-        grads = [None] * len(tape)
+        grads = np.empty((batch, len(tape), H, n, n), self.dtype)
+        dqkv = np.empty((batch, n, 3, H, d), self.dtype)  # the qkv projection's layout
+        heads_first = [dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3)]
         for i in range(len(tape) - 1, -1, -1):
             c_qkv, c_attention, c_tail = tape[i]
             dctx, dx = _encoder_layer_tail_backward(dx, c_tail)
             dctx = dctx.reshape(batch, n, H, d).transpose(0, 2, 1, 3)
-            dq, dk, dv, grads[i] = layers.attention_backward(dctx, c_attention)
-            dqkv = np.stack([g.transpose(0, 2, 1, 3) for g in (dq, dk, dv)], axis=2)
-            dx = dx + layers.linear_backward(dqkv.reshape(batch * n, 3 * H * d), c_qkv)
+            layers.attention_backward(dctx, c_attention, out=(*heads_first, grads[:, i]))
+            dx += layers.linear_backward(dqkv.reshape(batch * n, 3 * H * d), c_qkv)
         dx = layers.layer_norm_backward(dx.reshape(batch, n, self.hidden_size), c_embed_norm)
-        return layers.embeddings_backward(dx), np.stack(grads, axis=1)
+        return layers.embeddings_backward(dx), grads
 
     def value_and_gradients(self, word_embeds, lengths, target=None, *,
                             position_embeddings=None) -> MiniLMGradients:
