@@ -69,8 +69,7 @@ def _check_options(model, ds) -> None:
     if ds is None or "position_embeddings" not in ds.attrs:
         return
     made_with = bool(int(ds.attrs["position_embeddings"]))
-    options = getattr(model, "_call_options", {})
-    if options.get("position_embeddings", True) != made_with:
+    if getattr(model, "position_embeddings", True) != made_with:
         raise value_error(
             "model", f"a model run with position_embeddings={made_with} like the dataset",
             f"position_embeddings={not made_with}",
@@ -97,7 +96,7 @@ def _readout_weights(model, lengths, n) -> np.ndarray:
     if readout == "mean":
         return valid / lengths[:, None]
     if readout == "cls":
-        return (np.arange(n)[None, :] == 0) & valid
+        return ((np.arange(n)[None, :] == 0) & valid).astype(np.float64)
     raise value_error("model.readout", "'mean' or 'cls'", repr(readout),
                       "give the model a read-out grad_rollout can read")
 
@@ -122,6 +121,35 @@ def _integrated_gradients(model, x, x0, length, direction, steps, batch_size):
             grads = grads[1:]
         total += grads.sum(axis=0)
     return ((x - x0) * total / steps).sum(-1)[:n], value_baseline
+
+
+def _integrated_gradients_batch(model, ids, embeds, g, baseline, steps, batch_size):
+    """IG scores (batch, n) of a padded batch, and (absolute, relative) completeness errors."""
+    x0s = _baseline(model, ids, embeds, baseline)
+    scores = np.zeros(embeds.shape[:2])
+    errors = []
+    for j, length in enumerate(int(n) for n in g.lengths):
+        scores[j, :length], value0 = _integrated_gradients(
+            model, embeds[j, :length], x0s[j, :length], length, g.direction[j], steps,
+            batch_size)
+        gap = float(g.value[j]) - value0
+        err = abs(float(scores[j, :length].sum()) - gap)
+        errors.append((err, err / abs(gap) if gap != 0 else (0.0 if err == 0 else np.inf)))
+    return scores, errors
+
+
+def _gradient_scores(name, model, embeds, g) -> np.ndarray:
+    """Scores (batch, n) of the methods that need one forward/backward pass."""
+    if name == "gradient_norm":
+        return np.linalg.norm(g.input_gradient.astype(np.float64), axis=-1)
+    if name == "input_x_gradient":
+        return np.einsum("bnf,bnf->bn", embeds.astype(np.float64),
+                         g.input_gradient.astype(np.float64))
+    from .rollout import grad_rollout  # name == "grad_rollout"
+
+    relevance = grad_rollout(g.attention, g.attention_gradient, lengths=g.lengths)
+    weights = _readout_weights(model, g.lengths, embeds.shape[1])
+    return np.einsum("bq,bqk->bk", weights, np.nan_to_num(relevance))
 
 
 def attribute(model, inputs, *, method="input_x_gradient", target="self", baseline="zero",
@@ -179,7 +207,6 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
     """
     import xarray as xr
 
-    from .rollout import grad_rollout
     from ._progress import progress_bar
     from .models import _target
 
@@ -194,7 +221,7 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
     target = _target.check_target(target, len(ids), int(model.hidden_size))
     lengths = np.array([s.size for s in ids])
     out = np.full((len(ids), n_pos, len(methods)), np.nan)
-    errors_abs, errors_rel = [], []
+    completeness = []  # (absolute, relative) error per sample
     order = np.argsort(lengths, kind="stable")  # alike lengths share a batch
     with progress_bar(progress, len(ids), "attribute") as advance:
         for first in range(0, len(ids), batch_size):
@@ -202,30 +229,13 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
             batch_ids = [ids[i] for i in index]
             embeds, lens = model.word_embeddings(batch_ids)
             g = model.value_and_gradients(embeds, lens, None if target is None else target[index])
-            n = embeds.shape[1]
             for m, name in enumerate(methods):
-                if name == "gradient_norm":
-                    scores = np.linalg.norm(g.input_gradient.astype(np.float64), axis=-1)
-                elif name == "input_x_gradient":
-                    scores = np.einsum("bnf,bnf->bn", embeds.astype(np.float64),
-                                       g.input_gradient.astype(np.float64))
-                elif name == "grad_rollout":
-                    relevance = grad_rollout(g.attention, g.attention_gradient,
-                                                      lengths=lens)
-                    weights = _readout_weights(model, lens, n)
-                    scores = np.einsum("bq,bqk->bk", weights, np.nan_to_num(relevance))
+                if name == "integrated_gradients":
+                    scores, errors = _integrated_gradients_batch(model, batch_ids, embeds, g,
+                                                                 baseline, steps, batch_size)
+                    completeness += errors
                 else:
-                    x0s = _baseline(model, batch_ids, embeds, baseline)
-                    scores = np.zeros((len(index), n))
-                    for j in range(len(index)):
-                        length = int(lens[j])
-                        scores[j, :length], value0 = _integrated_gradients(
-                            model, embeds[j, :length], x0s[j, :length], length,
-                            g.direction[j], steps, batch_size)
-                        gap = float(g.value[j]) - value0
-                        err = abs(float(scores[j, :length].sum()) - gap)
-                        errors_abs.append(err)
-                        errors_rel.append(err / abs(gap) if gap != 0 else float(err > 0) * np.inf)
+                    scores = _gradient_scores(name, model, embeds, g)
                 for j, i in enumerate(index):
                     out[i, : lens[j], m] = scores[j, : lens[j]]
             advance(len(index))
@@ -233,8 +243,8 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
     attrs = {"target": _target.describe(target), "readout": str(getattr(model, "readout", ""))}
     if "integrated_gradients" in methods:
         attrs.update({"baseline": baseline, "steps": steps,
-                      "completeness_error": float(max(errors_abs)),
-                      "completeness_relative_error": float(max(errors_rel))})
+                      "completeness_error": float(max(e[0] for e in completeness)),
+                      "completeness_relative_error": float(max(e[1] for e in completeness))})
     coords = {METHOD_DIM: list(methods)}
     if ds is not None and "token" in ds.variables:
         coords["token"] = (("sample", "position"), ds["token"].values)

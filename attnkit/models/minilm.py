@@ -592,7 +592,7 @@ class MiniLM:
         MiniLMGradients
         """
         if position_embeddings is None:
-            position_embeddings = self._options().get("position_embeddings", True)
+            position_embeddings = self.position_embeddings
         out = self.encode(word_embeds, lengths, position_embeddings=position_embeddings,
                           record=True)
         direction = _target.directions(target, out.pooled, slice(None))
@@ -660,6 +660,11 @@ class MiniLM:
 
     def _options(self) -> dict:
         return getattr(self, "_call_options", {})
+
+    @property
+    def position_embeddings(self) -> bool:
+        """Whether ``model(ids)`` and the gradients use position embeddings (see :meth:`configured`)."""
+        return bool(self._options().get("position_embeddings", True))
 
     def configured(self, *, position_embeddings=True) -> "MiniLM":
         """A view of this model (sharing its weights) whose ``model(ids)`` uses these options.
