@@ -188,7 +188,7 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
         ``attribution`` (sample, position) for one method, (sample, position,
         attribution_method) for several (not ``method``: an attention dataset
         uses that dim for the ablation ``impact``); float64, NaN in padding, ``token`` coordinate.
-        attrs: ``target``, ``readout``, and for integrated gradients
+        attrs: ``target``, ``readout``, ``method`` (one method), and for integrated gradients
         ``baseline``, ``steps`` and the completeness error
         ``|sum_i a_i - (T(x) - T(x0))|``: its largest value over samples
         (``completeness_error``) and relative to ``|T(x) - T(x0)|``
@@ -255,4 +255,6 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
         coords["token"] = (("sample", "position"), tokens)
     result = xr.DataArray(out, dims=("sample", "position", METHOD_DIM), coords=coords,
                           name="attribution", attrs=attrs)
-    return result.isel({METHOD_DIM: 0}, drop=True) if isinstance(method, str) else result
+    if isinstance(method, str):  # one method: (sample, position), its name in the attrs
+        return result.isel({METHOD_DIM: 0}, drop=True).assign_attrs(method=method)
+    return result

@@ -60,7 +60,7 @@ def test_integrated_gradients_are_complete_on_shipped_sentences(model):
     texts = (ROOT / "datasets" / "minilm" / "sentences.txt").read_text().splitlines()
     chosen = [texts[i] for i in (27, 126, 261)]  # 7, 33 and 18 tokens
     a = ak.attribute(model, chosen, method="integrated_gradients", steps=64, baseline="mask")
-    assert a.dims == ("sample", "position")
+    assert a.dims == ("sample", "position") and a.attrs["method"] == "integrated_gradients"
     assert a.attrs["completeness_relative_error"] < 0.01, a.attrs
     assert a.attrs["steps"] == 64 and a.attrs["baseline"] == "mask"
 
