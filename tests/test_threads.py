@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import attnkit as ak
 
@@ -14,10 +15,11 @@ SCRIPT = textwrap.dedent(
     import sys, numpy as np, attnkit as ak
     data = np.load(sys.argv[1])
     q, k, v = data["q"], data["k"], data["v"]
-    mask = ak.masks.local(50) | ak.masks.global_tokens([0])
+    mask = ak.masks.parse(str(data["mask"]))
     out, lse = ak.attention(q, k, v, mask=mask, return_lse=True)
+    weights = ak.attention_weights(q, k, mask=mask)
     st = ak.attention_stats(q, k, mask=mask, topk=3)
-    np.savez(sys.argv[2], out=out, lse=lse, **st)
+    np.savez(sys.argv[2], out=out, lse=lse, weights=weights, **st)
     """
 )
 
@@ -29,20 +31,25 @@ def _run(threads: int, inputs, output):
     return dict(np.load(output))
 
 
-def test_results_identical_for_one_and_two_threads(tmp_path, rng):
-    q, k, v = (rng.standard_normal((3, 2, 333, 32)).astype(np.float32) for _ in range(3))
-    np.savez(tmp_path / "in.npz", q=q, k=k, v=v)
-    one = _run(1, tmp_path / "in.npz", tmp_path / "one.npz")
-    two = _run(2, tmp_path / "in.npz", tmp_path / "two.npz")
-    assert set(one) == {"out", "lse", "entropy", "max", "argmax", "distance", "received",
-                        "topk_index", "topk_value"}
-    for name in one:
-        np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+@pytest.mark.parametrize("shape, mask", [
+    ((3, 2, 333, 32), "local:50 | global:0"),
+    # one head, n = 768: the query tile height used to follow the thread count (3 tiles of 256
+    # or 12 of 64), which switched full tiles to the partial-tile path and its rounding
+    ((1, 768, 64), "local:330"),
+])
+def test_results_identical_for_any_thread_count(tmp_path, rng, shape, mask):
+    q, k, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    np.savez(tmp_path / "in.npz", q=q, k=k, v=v, mask=mask)
+    runs = {t: _run(t, tmp_path / "in.npz", tmp_path / f"{t}.npz") for t in (1, 2, 4)}
+    assert set(runs[1]) == {"out", "lse", "weights", "entropy", "max", "argmax", "distance",
+                            "received", "topk_index", "topk_value"}
+    for threads in (2, 4):
+        for name in runs[1]:
+            np.testing.assert_array_equal(runs[1][name], runs[threads][name],
+                                          err_msg=f"{name}, 1 vs {threads} threads")
     # and the subprocess computed real attention, not something degenerate
-    np.testing.assert_allclose(
-        one["out"], ak.attention(q, k, v, mask=ak.masks.local(50) | ak.masks.global_tokens([0])),
-        rtol=1e-6, atol=1e-6,
-    )
+    np.testing.assert_allclose(runs[1]["out"], ak.attention(q, k, v, mask=ak.masks.parse(mask)),
+                               rtol=1e-6, atol=1e-6)
 
 
 MODEL_SCRIPT = textwrap.dedent(

@@ -20,8 +20,10 @@ from .threads import single_threaded_blas
 # Taller still (512) lost on causal masks, whose diagonal tiles are computed whole.
 BLOCK_Q = 256
 BLOCK_K = 256
-#: Fewest query tiles per thread before :func:`block_q` halves the tile height.
-TILES_PER_THREAD = 4
+#: Fewest query tiles in a call before :func:`block_q` halves the tile height. A constant,
+#: not a multiple of the thread count: the tile height picks between a full and a partial
+#: tile's code path, which round differently, so it must not depend on the threads.
+MIN_TILES = 16
 
 
 class _Kernels:
@@ -45,14 +47,12 @@ def block_q(problem) -> int:
     """Query rows per tile for the kernels parallel over query tiles.
 
     :data:`BLOCK_Q`, halved (down to 64) while the problem has fewer than
-    :data:`TILES_PER_THREAD` tiles per Numba thread, so that small problems
-    still keep every core busy.
+    :data:`MIN_TILES` tiles in all, so that small problems still keep several
+    cores busy. It depends on the problem's shape only, never on the number
+    of threads: results are bit-identical for any thread count.
     """
-    import numba
-
-    wanted = TILES_PER_THREAD * numba.get_num_threads()
     rows = BLOCK_Q
-    while rows > 64 and problem.n_problems * -(-problem.n // rows) < wanted:
+    while rows > 64 and problem.n_problems * -(-problem.n // rows) < MIN_TILES:
         rows //= 2
     return rows
 
