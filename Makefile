@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench paper clean
+.PHONY: demo test bench paper clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ bench: $(VENV)/.test-deps
 	$(BIN)/python paper/benchmarks/gradients.py  # torch peer only where torch is installed
 	$(BIN)/python paper/benchmarks/scale.py
 	$(BIN)/python paper/benchmarks/gpu_attention.py  # exits with a message where no GPU is present
+
+# On a GPU machine, with what it has (python3 with numba-cuda and torch, compute-sanitizer) and
+# nothing installed: the real-GPU tests, compute-sanitizer memcheck and racecheck, and a
+# benchmark subset, within 8 minutes -> paper/results/gpu_check.{json,md}. CI runs its --dry-run.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) paper/benchmarks/gpu_check.py
 
 # Every figure and table of paper/paper.md, from the shipped data and paper/results/*.json.
 paper: $(VENV)/.run-deps

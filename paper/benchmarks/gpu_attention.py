@@ -29,6 +29,7 @@ Usage::
     python paper/benchmarks/gpu_attention.py              # full run (H100: ~15 min)
     python paper/benchmarks/gpu_attention.py --quick      # small sizes, a minute
     python paper/benchmarks/gpu_attention.py --dry-run    # print the plan; no GPU needed
+    python paper/benchmarks/gpu_attention.py --subset check   # the cases of make gpu-check
     python paper/benchmarks/gpu_attention.py --sweep      # time candidate tilings (tuning)
     compute-sanitizer --tool memcheck python paper/benchmarks/gpu_attention.py --sanitize
     compute-sanitizer --tool racecheck python paper/benchmarks/gpu_attention.py --sanitize
@@ -65,6 +66,20 @@ GOALS = {"forward_tflops_fp32_n4096_d64": 33.0, "stats_over_forward_max": 2.5}
 def flops(n: int, d: int, causal: bool) -> float:
     pairs = n * (n + 1) // 2 if causal else n * n
     return 4.0 * B * H * d * pairs
+
+
+#: ``--subset check`` (``make gpu-check``): the cases that answer "is it fast and right on this
+#: GPU?" within minutes: d 64 and 128, n 4096 and 16384, full and causal, against torch's
+#: float32 SDPA, stats against the forward, and the long stats run.
+CHECK_METHODS = ("attnkit", "attnkit_stats", "torch_sdpa_fp32")
+CHECK_LENGTHS = (4096, 16384)
+
+
+def check_plan() -> list[dict]:
+    cases = [dict(method=method, d=d, n=n, causal=causal, probe=False)
+             for method in CHECK_METHODS for d in DIMS for causal in (False, True)
+             for n in CHECK_LENGTHS]
+    return cases + [dict(method="attnkit_stats", d=64, n=STATS_LONG_N, causal=True, probe=False)]
 
 
 def plan(quick: bool) -> list[dict]:
@@ -358,6 +373,8 @@ def sanitize() -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--subset", choices=("check",), default=None,
+                        help="'check': the few cases make gpu-check runs")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--sweep", action="store_true", help="time candidate tilings")
     parser.add_argument("--sanitize", action="store_true",
@@ -372,9 +389,10 @@ def main(argv=None) -> int:
     if args.child:
         child(args.child, json.loads(sys.stdin.read()), args.reps, args.budget)
         return 0
-    cases = plan(args.quick)
+    cases = check_plan() if args.subset == "check" else plan(args.quick)
     if args.dry_run:
-        print(f"{len(cases)} cases, B*H = {B * H}, d in {DIMS}, methods {METHODS}")
+        methods = tuple(dict.fromkeys(c["method"] for c in cases))
+        print(f"{len(cases)} cases, B*H = {B * H}, d in {DIMS}, methods {methods}")
         for case in cases[:8]:
             print("  ", case, f"{flops(case['n'], case['d'], case['causal']) / 1e12:.3f} TFLOP")
         print("   ...")
@@ -402,13 +420,13 @@ def main(argv=None) -> int:
                 if family == "torch":
                     continue
             mine = [c for c in cases if FAMILY[c["method"]] == family]
-            if family == "attnkit" and not args.quick:
+            if family == "attnkit" and not args.quick and args.subset is None:
                 mine.append(dict(method="attnkit_stats", d=64, n=STATS_LONG_N, causal=True,
                                  probe=False))
             records += run_family(family, mine, args.reps, args.budget, timeout=4 * 3600)
         result = {
             "benchmark": "gpu_attention", "date": time.strftime("%Y-%m-%d"),
-            "quick": args.quick, "wall_s": time.time() - start, "machine": machine(name),
+            "quick": args.quick, "subset": args.subset, "wall_s": time.time() - start, "machine": machine(name),
             "B": B, "H": H,
             "flops_formula": "4*B*H*d*pairs (pairs = n*m, n(n+1)/2 causal)",
             "goals": GOALS, "summary": summarise(records), "records": records,
