@@ -590,6 +590,17 @@ class MiniLM:
         Returns
         -------
         MiniLMGradients
+
+        Examples
+        --------
+        >>> import numpy as np, attnkit as ak
+        >>> model = ak.models.MiniLM.load()
+        >>> embeds, lengths = model.word_embeddings(model.tokenize(["Hello world"]))
+        >>> g = model.value_and_gradients(embeds, lengths)
+        >>> g.input_gradient.shape, g.attention_gradient.shape
+        ((1, 4, 384), (1, 6, 12, 4, 4))
+        >>> bool(np.isclose(g.value[0], np.linalg.norm(g.readout[0]), rtol=1e-5))  # T = |r|
+        True
         """
         if position_embeddings is None:
             position_embeddings = self.position_embeddings
