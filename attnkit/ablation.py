@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._model_inputs import input_ids
-from .errors import positive_int, value_error
+from .errors import method_names, positive_int, value_error
 
 __all__ = ["ablate", "METHODS", "METRICS"]
 
@@ -99,18 +99,6 @@ def _positions(positions, length):
     p = np.asarray(positions, dtype=np.int64)
     p = np.where(p < 0, p + length, p)
     return np.unique(p[(p >= 0) & (p < length)])
-
-
-def _methods(method):
-    names = (method,) if isinstance(method, str) else tuple(method)
-    if not names:
-        raise value_error("method", f"one or more of {METHODS}", "nothing", "pass method='delete'")
-    for m in names:
-        if m not in METHODS:
-            raise value_error("method", f"one of {METHODS}", repr(m), "pick one of those")
-    if len(set(names)) != len(names):
-        raise value_error("method", "distinct names", names, "list each method once")
-    return names
 
 
 # ----------------------------------------------------------------------------- ablate
@@ -182,7 +170,7 @@ def ablate(model, inputs, *, method="delete", metric="cosine", positions=None, s
 
     from ._progress import progress_bar
 
-    methods = _methods(method)
+    methods = method_names("method", method, METHODS)
     metric_fn, metric_name = _metric_fn(metric)
     batch_size = positive_int("batch_size", batch_size)
     if special not in ("nan", "compute"):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._model_inputs import input_ids
-from .errors import positive_int, value_error
+from .errors import method_names, positive_int, value_error
 
 __all__ = ["attribute", "ATTRIBUTION_METHODS", "BASELINES", "METHOD_DIM"]
 
@@ -48,20 +48,6 @@ def _check_model(model) -> None:
             f"model: expected a model with gradient support ({', '.join(_PROTOCOL)}, as "
             f"attnkit.models.MiniLM), got {type(model).__name__} without {', '.join(missing)}. "
             f"Fix: pass ak.models.MiniLM.load(), or use ak.ablate for a black-box model")
-
-
-def _methods(method) -> tuple[str, ...]:
-    names = (method,) if isinstance(method, str) else tuple(method)
-    if not names:
-        raise value_error("method", f"one or more of {ATTRIBUTION_METHODS}", "nothing",
-                          "pass method='input_x_gradient'")
-    for m in names:
-        if m not in ATTRIBUTION_METHODS:
-            raise value_error("method", f"one of {ATTRIBUTION_METHODS}", repr(m),
-                              "pick one of those")
-    if len(set(names)) != len(names):
-        raise value_error("method", "distinct names", names, "list each method once")
-    return names
 
 
 def _check_options(model, ds) -> None:
@@ -211,7 +197,7 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
     from .models import _target
 
     _check_model(model)
-    methods = _methods(method)
+    methods = method_names("method", method, ATTRIBUTION_METHODS)
     steps = positive_int("steps", steps)
     batch_size = positive_int("batch_size", batch_size)
     if baseline not in BASELINES:

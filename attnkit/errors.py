@@ -23,6 +23,7 @@ __all__ = [
     "flag",
     "BACKENDS",
     "backend_name",
+    "method_names",
 ]
 
 #: The values every ``backend=`` argument accepts.
@@ -223,3 +224,23 @@ def backend_name(value) -> str:
         raise value_error("backend", "one of 'auto', 'cpu', 'cuda'", repr(value),
                           "pick one of those")
     return value
+
+
+def method_names(name: str, value, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """One method name or a sequence of them, each in ``allowed`` and listed once.
+
+    Examples
+    --------
+    >>> method_names("method", "mask", ("delete", "mask"))
+    ('mask',)
+    """
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not names:
+        raise value_error(name, f"one or more of {allowed}", "nothing",
+                          f"pass {name}={allowed[0]!r}")
+    for m in names:
+        if m not in allowed:
+            raise value_error(name, f"one of {allowed}", repr(m), "pick one of those")
+    if len(set(names)) != len(names):
+        raise value_error(name, "distinct names", names, f"list each {name} once")
+    return names

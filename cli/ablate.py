@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ._common import UserError, merge_methods, progress_quiet_option, user_errors
+from ._common import merge_methods, progress_quiet_option, user_errors
 
 
 @click.command()
@@ -41,20 +41,10 @@ def ablate(dataset, methods, metric, special, batch_size, replace, output, quiet
       attnkit ablate out/minilm.nc -m delete -m mask
     """
     import attnkit as ak
-    from attnkit.models.minilm import MODEL_NAME
 
-    from .compute import load_model
+    from .compute import dataset_and_model
 
-    ds = ak.open_dataset(dataset)
-    if ds.attrs.get("model") != MODEL_NAME:
-        raise UserError(f"{dataset}: expected a dataset of the built-in model {MODEL_NAME}, got "
-                        f"model {ds.attrs.get('model')!r}. Fix: make it with attnkit compute, or "
-                        f"call ak.ablate with your own model from Python.")
-    if "token" not in ds.variables:
-        raise UserError(f"{dataset}: expected the token coordinate, got none. "
-                        f"Fix: recompute it with attnkit compute.")
-    model = load_model().configured(
-        position_embeddings=bool(int(ds.attrs.get("position_embeddings", 1))))
+    ds, model = dataset_and_model(dataset, "ak.ablate")
     methods = tuple(dict.fromkeys(methods))
     start = time.perf_counter()
     impact = ak.ablate(model, ds, method=methods, metric=metric, special=special,

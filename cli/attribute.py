@@ -48,24 +48,14 @@ def attribute(dataset, methods, baseline, steps, batch_size, replace, output, qu
       attnkit attribute out/minilm.nc -m integrated_gradients --steps 64
     """
     import attnkit as ak
-    from attnkit.models.minilm import MODEL_NAME
 
-    from .compute import load_model
+    from .compute import dataset_and_model
 
     target = Path(output) if output else Path(dataset)
     if target.suffix.lower() not in (".nc", ".nc4", ".zarr"):
         raise UserError(f"--output: expected a name ending in .nc or .zarr, got {str(target)!r}. "
                         f"Fix: e.g. -o {target.with_suffix('.nc')}")
-    ds = ak.open_dataset(dataset)
-    if ds.attrs.get("model") != MODEL_NAME:
-        raise UserError(f"{dataset}: expected a dataset of the built-in model {MODEL_NAME}, got "
-                        f"model {ds.attrs.get('model')!r}. Fix: make it with attnkit compute, or "
-                        f"call ak.attribute with your own model from Python.")
-    if "token" not in ds.variables:
-        raise UserError(f"{dataset}: expected the token coordinate, got none. "
-                        f"Fix: recompute it with attnkit compute.")
-    model = load_model().configured(
-        position_embeddings=bool(int(ds.attrs.get("position_embeddings", 1))))
+    ds, model = dataset_and_model(dataset, "ak.attribute")
     methods = tuple(dict.fromkeys(methods))
     start = time.perf_counter()
     scores = ak.attribute(model, ds, method=methods, baseline=baseline, steps=steps,

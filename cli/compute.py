@@ -33,6 +33,29 @@ def load_model():
         raise UserError(str(exc).splitlines()[0]) from exc
 
 
+def dataset_and_model(path, api: str):
+    """A dataset written by ``attnkit compute`` and MiniLM configured as it was run.
+
+    ``api`` names the Python function the error suggests for other models
+    (e.g. "ak.ablate"). Raises a UserError for a dataset of another model or
+    without tokens.
+    """
+    import attnkit as ak
+    from attnkit.models.minilm import MODEL_NAME
+
+    ds = ak.open_dataset(path)
+    if ds.attrs.get("model") != MODEL_NAME:
+        raise UserError(f"{path}: expected a dataset of the built-in model {MODEL_NAME}, got "
+                        f"model {ds.attrs.get('model')!r}. Fix: make it with attnkit compute, or "
+                        f"call {api} with your own model from Python.")
+    if "token" not in ds.variables:
+        raise UserError(f"{path}: expected the token coordinate, got none. "
+                        f"Fix: recompute it with attnkit compute.")
+    model = load_model().configured(
+        position_embeddings=bool(int(ds.attrs.get("position_embeddings", 1))))
+    return ds, model
+
+
 @click.command()
 @click.argument("sentences", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(), required=True,
