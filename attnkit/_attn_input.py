@@ -182,6 +182,42 @@ def _sample_ids(attn):
     return ids
 
 
+#: Result dims that index tokens, and the name of the token coordinate each gets.
+_TOKEN_DIMS = {"query": "query_token", "key": "key_token", "position": "token"}
+
+
+def label_result(result, obj):
+    """``result`` with the labels of ``obj`` it lost on the way through the kernels.
+
+    Every ``layer`` or ``head`` dim without a coordinate gets its integer index;
+    every ``query``, ``key`` or ``position`` dim gets the tokens of ``obj`` (a
+    dataset with a ``token`` (sample, position) coordinate) as ``query_token``,
+    ``key_token`` or ``token``. Works on a DataArray or a Dataset result.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> ds = ak.from_arrays(np.full((1, 1, 1, 2, 2), 0.5), tokens=[["[CLS]", "hi"]])
+    >>> r = label_result(ak.rollout(ds.attention, lengths=ds.length), ds)
+    >>> r.key_token.values.tolist()
+    [['[CLS]', 'hi']]
+    """
+    import xarray as xr
+
+    labels = {dim: np.arange(result.sizes[dim]) for dim in ("layer", "head")
+              if dim in result.dims and dim not in result.coords}
+    tokens = obj.coords.get("token") if isinstance(obj, xr.Dataset) else None
+    if tokens is not None and tokens.dims == ("sample", "position"):
+        tokens = tokens.load()
+        for dim, name in _TOKEN_DIMS.items():
+            if dim not in result.dims or name in result.coords:
+                continue
+            if result.sizes[dim] != tokens.sizes["position"] or "sample" not in result.dims:
+                continue
+            labels[name] = tokens.rename(position=dim).variable
+    return result.assign_coords(labels) if labels else result
+
+
 def apply_to_xarray(func, obj, *, lengths=None, output_core_dims=(("query", "key"),),
                     output_dtypes=(np.float64,), output_sizes=None, name: str = "attn",
                     extra=(), extra_core_dims=()):
@@ -217,7 +253,7 @@ def apply_to_xarray(func, obj, *, lengths=None, output_core_dims=(("query", "key
     gufunc_kwargs = {"allow_rechunk": True}
     if output_sizes:
         gufunc_kwargs["output_sizes"] = dict(output_sizes)
-    return xr.apply_ufunc(
+    out = xr.apply_ufunc(
         call, attn, *extra, ids, lengths,
         input_core_dims=[list(ATTENTION_CORE_DIMS)] + [list(d) for d in extra_core_dims] + [[], []],
         output_core_dims=[list(d) for d in output_core_dims],
@@ -226,3 +262,6 @@ def apply_to_xarray(func, obj, *, lengths=None, output_core_dims=(("query", "key
         dask_gufunc_kwargs=gufunc_kwargs,
         keep_attrs=False,
     )
+    if isinstance(out, tuple):
+        return tuple(label_result(part, obj) for part in out)
+    return label_result(out, obj)

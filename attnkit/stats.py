@@ -95,6 +95,9 @@ def _to_dataset(stats, js, batch_dims, coords=None):
     data = {name: (dims, stats[..., i]) for i, name in enumerate(STATS)}
     data["js_divergence"] = (dims + ("other_head",), js)
     ds = xr.Dataset(data, coords=coords)
+    # Index labels, as every dataset result gets (attnkit._attn_input.label_result).
+    ds = ds.assign_coords({dim: np.arange(ds.sizes[dim]) for dim in ("layer", "head")
+                           if dim not in ds.coords})
     return _describe(ds)
 
 
