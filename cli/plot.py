@@ -21,6 +21,8 @@ def _stats_of(file):
     import xarray as xr
 
     import attnkit as ak
+    from attnkit.data import read_error
+    from attnkit.data.importers import ATTENTION_FILE_SUFFIXES
 
     path = Path(file)
     if not path.is_dir() and path.suffix.lower() != ".zarr":
@@ -29,6 +31,8 @@ def _stats_of(file):
                 if "entropy" in raw.variables:
                     return raw.load()
         except Exception as exc:  # an unreadable file: say so in one line
+            if path.suffix.lower() in ATTENTION_FILE_SUFFIXES:  # `attnkit import` reads it
+                raise UserError(str(read_error(path, exc))) from exc
             raise UserError(f"{file}: expected a netCDF attention dataset or head statistics, "
                             f"got an unreadable file ({type(exc).__name__}). Fix: check the "
                             f"path, or write one with ak.save_dataset") from exc
@@ -72,8 +76,8 @@ def plot(file, kind, sample, layer, head, residual, source, metric, title, dpi, 
 
     \b
     Examples:
-      attnkit plot datasets/minilm/minilm.nc --kind heatmap --layer 2 --head 3 -o head.png
-      attnkit plot datasets/minilm/minilm.nc --kind rollout --sample 4 -o rollout.pdf
+      attnkit plot minilm --kind heatmap --layer 2 --head 3 -o head.png
+      attnkit plot minilm --kind rollout --sample 4 -o rollout.pdf
       attnkit plot paper/results --kind throughput -o throughput.svg
     """
     from attnkit import plot as akplot

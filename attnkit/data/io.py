@@ -305,11 +305,28 @@ def _quiet_chunk_warning():
         yield
 
 
+def _import_hint(path: Path) -> ValueError | None:
+    """The error for attention saved by another tool (an .npz, .npy, .safetensors or .pt
+    file), which `attnkit import` reads; None for any other path."""
+    from .importers import ATTENTION_FILE_SUFFIXES
+
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix not in ATTENTION_FILE_SUFFIXES:
+        return None
+    return ValueError(f"{path}: expected an attention dataset (.nc or .zarr), got a {suffix} "
+                      f"file. Fix: bring it in with `attnkit import {path} --tokens T "
+                      f"--attention-mask M -o DS` (or ak.from_hf_attentions)")
+
+
 def read_error(path, exc: BaseException) -> ValueError:
     """The ValueError for a dataset file that cannot be read (corrupt, truncated,
     not netCDF/zarr). Lazily opened data fails only when a chunk is read: callers
-    that compute on it use this for the same message."""
+    that compute on it use this for the same message. Attention saved by another
+    tool (.npz, .npy, .safetensors, .pt) gets the `attnkit import` hint instead."""
     path = Path(os.fspath(path))
+    hint = _import_hint(path)
+    if hint is not None:
+        return hint
     zarr_like = path.is_dir() or path.suffix.lower() == ".zarr"
     kind, fmt = ("zarr store", "zarr") if zarr_like else ("netCDF4 file", "netcdf")
     return ValueError(f"{path}: expected a readable {kind}, got an unreadable or truncated one "
@@ -338,7 +355,9 @@ def open_dataset(path, *, chunks=None):
         If ``path`` does not exist.
     ValueError
         If the file is corrupt or truncated, is not an attnkit dataset, or was
-        written by a newer attnkit (schema version above 1).
+        written by a newer attnkit (schema version above 1). Attention saved by
+        another tool (.npz, .npy, .safetensors, .pt) is refused with the fix:
+        ``attnkit import`` (or :func:`attnkit.from_hf_attentions`).
 
     Examples
     --------
@@ -358,6 +377,9 @@ def open_dataset(path, *, chunks=None):
         raise FileNotFoundError(f"{path}: expected an attnkit dataset (.nc file or .zarr directory), "
                                 f"got no such file. Fix: check the path, or write one with "
                                 f"ak.save_dataset")
+    hint = _import_hint(path)
+    if hint is not None:
+        raise hint
     fmt = "zarr" if (path.is_dir() or path.suffix.lower() == ".zarr") else "netcdf"
     lazy = chunks is not None and _dask_available()
     try:
