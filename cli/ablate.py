@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 import numpy as np
 
-from ._common import merge_methods, progress_quiet_option, user_errors
+from ._common import (dataset_argument, in_place_target, merge_methods, progress_quiet_option,
+                      user_errors)
 
 
 @click.command()
-@click.argument("dataset", type=click.Path(exists=True))
+@dataset_argument
 @click.option("-m", "--method", "methods", multiple=True,
               type=click.Choice(["delete", "mask", "zero"]), default=("delete", "mask"),
               show_default=True, help="Ablation method; repeat for several.")
@@ -44,6 +44,7 @@ def ablate(dataset, methods, metric, special, batch_size, replace, output, quiet
 
     from .compute import dataset_and_model
 
+    target = in_place_target(dataset, output)
     ds, model = dataset_and_model(dataset, "ak.ablate")
     methods = tuple(dict.fromkeys(methods))
     start = time.perf_counter()
@@ -53,7 +54,6 @@ def ablate(dataset, methods, metric, special, batch_size, replace, output, quiet
     ds = merge_methods(ds, impact, "method", replace=replace, same={
         "metric": "pass the same --metric, or --replace to drop the old impacts",
         "special": "pass the matching --special, or --replace"})
-    target = Path(output) if output else Path(dataset)
     ak.save_dataset(ds, target)
     if quiet:
         return

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
 from attnkit.constants import CORRELATION_METHODS, SCORE_KINDS
 
-from ._common import UserError, emit, format_option, quiet_option, user_errors
-
-#: The shipped real dataset (run from the repository root).
-DEFAULT_DATASET = Path("datasets") / "minilm" / "minilm.nc"
+from ._common import DatasetPath, emit, format_option, quiet_option, user_errors
 
 
 def _print_tables(tables: dict, fmt: str) -> None:
@@ -49,7 +45,7 @@ def _print_tables(tables: dict, fmt: str) -> None:
 
 
 @click.command()
-@click.argument("file", type=click.Path(), default=str(DEFAULT_DATASET), required=False)
+@click.argument("file", type=DatasetPath(), default=None, required=False)
 @click.option("-o", "--output", type=click.Path(file_okay=False), default="out/analysis",
               show_default=True, help="Folder for analysis.nc, report.md and the figures.")
 @click.option("--quick", is_flag=True, help="Smoke run on the first few samples.")
@@ -72,7 +68,9 @@ def analyze(file, output, quick, scores, attributions, methods, no_equivariance,
             fmt, quiet):
     """Analyse an attention dataset: statistics, rollout, flow, equivariance, correlations.
 
-    FILE defaults to the shipped MiniLM dataset. Prints per-layer tables and
+    FILE is a dataset path or a shipped dataset's name (`attnkit datasets`
+    lists them); it defaults to the shipped MiniLM dataset, found from any
+    folder. Prints per-layer tables and
     writes analysis.nc, report.md and PNG figures into the output folder.
     Stored attributions (attnkit attribute) are correlated with the impacts
     beside the attention scores; a score that cannot be computed is listed
@@ -84,12 +82,10 @@ def analyze(file, output, quick, scores, attributions, methods, no_equivariance,
       attnkit analyze my_attention.nc -o out/mine --quick
     """
     from attnkit.analysis import analyze as run_analysis
+    from attnkit.data import shipped
 
-    if not Path(file).exists():
-        hint = ("run it from the repository root, or pass a dataset path"
-                if Path(file) == DEFAULT_DATASET else "check the path")
-        raise UserError(f"{file}: expected an attention dataset (.nc or .zarr), got no such file. "
-                        f"Fix: {hint}")
+    if file is None:
+        file = str(shipped.path(shipped.DEFAULT))
 
     def progress(line):
         if not quiet:

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ._common import UserError, emit, format_option, quiet_option, save_npz_atomic, user_errors
+from ._common import (DatasetPath, UserError, emit, format_option, quiet_option, save_npz_atomic,
+                      user_errors)
 
 
 def _unreadable(path: str, exc: Exception) -> UserError:
@@ -52,7 +53,7 @@ def _load(inputs: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=DatasetPath())
 @click.option("--causal", is_flag=True, help="Each query sees only keys at or before it.")
 @click.option("--mask", "mask_spec", default=None, metavar="SPEC",
               help="Mask such as 'local:256', 'strided:64|local:64', 'global:0', '~causal'; "
@@ -83,7 +84,7 @@ def attend(inputs, causal, mask_spec, scale, variant, stats, topk, output, backe
 
     \b
     Example:
-      attnkit attend datasets/demo/planted_heads.npz --causal -o out.npz
+      attnkit attend planted_heads --causal -o out.npz   # the shipped q/k/v
     """
     import attnkit as ak
 

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 import numpy as np
 
 from attnkit.attribution import ATTRIBUTION_METHODS, BASELINES, METHOD_DIM
 
-from ._common import UserError, merge_methods, progress_quiet_option, user_errors
+from ._common import (UserError, dataset_argument, in_place_target, merge_methods,
+                      progress_quiet_option, user_errors)
 
 #: What ``attnkit attribute`` computes when no --method is given.
 DEFAULT_METHODS = ("input_x_gradient", "integrated_gradients", "grad_rollout")
 
 
 @click.command()
-@click.argument("dataset", type=click.Path(exists=True))
+@dataset_argument
 @click.option("-m", "--method", "methods", multiple=True, type=click.Choice(ATTRIBUTION_METHODS),
               default=DEFAULT_METHODS, show_default=True,
               help="Attribution method; repeat for several.")
@@ -51,7 +51,7 @@ def attribute(dataset, methods, baseline, steps, batch_size, replace, output, qu
 
     from .compute import dataset_and_model
 
-    target = Path(output) if output else Path(dataset)
+    target = in_place_target(dataset, output)
     if target.suffix.lower() not in (".nc", ".nc4", ".zarr"):
         raise UserError(f"--output: expected a name ending in .nc or .zarr, got {str(target)!r}. "
                         f"Fix: e.g. -o {target.with_suffix('.nc')}")

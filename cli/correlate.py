@@ -129,7 +129,7 @@ def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, r
 
     \b
     Example:
-      attnkit correlate datasets/minilm/minilm.nc --score raw --score rollout \\
+      attnkit correlate minilm --score raw --score rollout \\
           --method spearman --impact delete --versus raw -o correlation.csv
     """
     import xarray as xr

@@ -64,7 +64,7 @@ def info(file, fmt):
 
     \b
     Example:
-      attnkit info datasets/minilm/minilm_sentences.nc
+      attnkit info minilm
     """
     summary = _describe(file)
     if fmt == "json":

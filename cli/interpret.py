@@ -45,7 +45,7 @@ def stats(file, output, workers, scheduler, chunk, fmt, quiet):
 
     \b
     Example:
-      attnkit stats datasets/minilm/minilm_sentences.nc -o out/stats.nc
+      attnkit stats minilm -o out/stats.nc
     """
     import attnkit as ak
 
@@ -159,7 +159,7 @@ rollout = _interpretation_command("rollout", _rollout, """Attention rollout of e
 
     \b
     Example:
-      attnkit rollout datasets/minilm/minilm_sentences.nc --query 0 -o out/rollout.nc
+      attnkit rollout minilm --query 0 -o out/rollout.nc
     """)
 
 flow = _interpretation_command("flow", _flow, """Attention flow (exact max-flow) of every sample.
@@ -169,5 +169,5 @@ flow = _interpretation_command("flow", _flow, """Attention flow (exact max-flow)
 
     \b
     Example:
-      attnkit flow datasets/minilm/minilm_sentences.nc --query 0 -o out/flow.csv
+      attnkit flow minilm --query 0 -o out/flow.csv
     """)

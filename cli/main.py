@@ -34,6 +34,11 @@ COMMANDS = {
                "Add leave-one-out ablation impacts to a MiniLM attention dataset."),
     "attribute": ("attnkit_cli.attribute", "attribute",
                   "Add gradient attributions (input x gradient, IG, grad rollout) to a dataset."),
+    "import": ("attnkit_cli.importer", "import_",
+               "Bring in attention saved from a Hugging Face model (output_attentions)."),
+    "view": ("attnkit_cli.view", "view",
+             "A self-contained HTML explorer of one sample: head view, model view, scores."),
+    "datasets": ("attnkit_cli.datasets", "datasets", "List the shipped datasets and where they are."),
 }
 
 
@@ -62,7 +67,8 @@ def cli():
 
     \b
     Example:
-      attnkit attend datasets/demo/planted_heads.npz --causal --stats
+      attnkit analyze                  # the main job on the shipped MiniLM data
+      attnkit attend planted_heads --causal --stats
     """
 
 

@@ -70,7 +70,8 @@ def test_analyze_cli_quick_smoke(tmp_path):
 def test_analyze_cli_errors(tmp_path):
     result = CliRunner().invoke(cli, ["analyze", str(tmp_path / "missing.nc")])
     assert result.exit_code == 2
-    assert "expected an attention dataset" in result.output and "Fix:" in result.output
+    assert "expected an existing file or the name of a shipped dataset" in result.output
+    assert "Fix:" in result.output
     result = CliRunner().invoke(cli, ["analyze", PLANTED, "--score", "shap"])
     assert result.exit_code == 2
 

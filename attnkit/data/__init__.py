@@ -19,7 +19,9 @@ One job per module:
 * :mod:`~attnkit.data.schema`: :func:`validate`, :data:`SCHEMA_VERSION` and the attr checks;
 * :mod:`~attnkit.data.io`: :func:`save_dataset`, :func:`open_dataset`, :func:`write_atomic`,
   :func:`read_error` and the atomic file writer :func:`atomic_file`;
-* :mod:`~attnkit.data.importers`: :func:`from_hf_attentions`, attention saved by other tools;
+* :mod:`~attnkit.data.importers`: :func:`from_hf_attentions`, attention saved by other tools
+  (with :func:`load_tokens` and :func:`load_attention_mask`; ``attnkit import``);
+* :mod:`~attnkit.data.shipped`: the shipped datasets, found from anywhere (``ak.datasets``);
 * :mod:`~attnkit.data.accessor`: the ``ds.attn`` accessor, registered by the functions above
   on every dataset they make or open.
 
@@ -27,12 +29,12 @@ xarray is imported inside the functions and zarr only when a zarr store is
 written or read, so ``import attnkit`` stays light.
 """
 
-from . import importers
+from . import importers, shipped
 from .build import from_arrays
-from .importers import from_hf_attentions, load_layer_arrays
+from .importers import from_hf_attentions, load_attention_mask, load_layer_arrays, load_tokens
 from .io import atomic_file, normal_mode, open_dataset, read_error, save_dataset, write_atomic
 from .schema import SCHEMA_VERSION, validate
 
 __all__ = ["SCHEMA_VERSION", "from_arrays", "validate", "save_dataset", "open_dataset",
-           "write_atomic", "read_error", "atomic_file", "normal_mode", "importers",
-           "from_hf_attentions", "load_layer_arrays"]
+           "write_atomic", "read_error", "atomic_file", "normal_mode", "importers", "shipped",
+           "from_hf_attentions", "load_layer_arrays", "load_tokens", "load_attention_mask"]
