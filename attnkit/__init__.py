@@ -18,6 +18,7 @@ from .ablation import ablate
 from .attribution import ATTRIBUTION_METHODS, attribute
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
 from .correlate import compare_correlations, correlate
+from .data import shipped as datasets
 from .data import (SCHEMA_VERSION, from_arrays, from_hf_attentions, importers, open_dataset,
                    save_dataset, validate)
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
@@ -28,6 +29,7 @@ from .rollout import augmented_attention, grad_rollout, rollout, rollout_rows
 from .scores import SCORE_KINDS, attention_scores
 from .stats import head_stats
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
+from .view import view
 
 __all__ = [
     "__version__",
@@ -41,6 +43,7 @@ __all__ = [
     "linear_attention",
     "masks",
     "importers",
+    "datasets",
     "equivariance",
     "check_equivariance",
     "models",
@@ -69,4 +72,5 @@ __all__ = [
     "SCORE_KINDS",
     "correlate",
     "compare_correlations",
+    "view",
 ]
