@@ -27,6 +27,7 @@ from .flow import attention_flow
 from .options import get_options, set_options
 from .rollout import augmented_attention, grad_rollout, rollout, rollout_rows
 from .scores import SCORE_KINDS, attention_scores
+from .sinks import attention_sinks
 from .stats import head_stats
 from .variants import additive_attention, linear_attention, luong_attention, multi_head_attention
 from .view import view
@@ -69,6 +70,7 @@ __all__ = [
     "attention_flow",
     "head_stats",
     "attention_scores",
+    "attention_sinks",
     "SCORE_KINDS",
     "correlate",
     "compare_correlations",
