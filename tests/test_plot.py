@@ -582,7 +582,7 @@ def test_cli_plot_bad_file_and_help(tmp_path):
     assert result.exit_code == 2 and "unreadable" in result.output
     assert run("plot", junk).exit_code == 2  # -o is required
     help_text = run("plot", "--help").output
-    assert "Examples:" in help_text and "attnkit plot datasets/minilm/minilm.nc" in help_text
+    assert "Examples:" in help_text and "attnkit plot minilm --kind heatmap" in help_text
     assert "plot" in run("--help").output
 
 
