@@ -1,9 +1,11 @@
 """Built-in real models (NumPy only, no torch), for examples and datasets.
 
-Importing this package is cheap: the weights, ``tokenizers`` and
-``safetensors`` are loaded by :meth:`MiniLM.load`.
+Importing this package is cheap: the weights, ``tokenizers``, ``safetensors``
+and ``onnx`` are loaded by :meth:`MiniLM.load` and :meth:`SaliencyViT.load`.
 """
 
 from .minilm import MiniLM, MiniLMGradients, MiniLMOutput, weights_dir
+from .saliency_vit import SaliencyViT, SaliencyViTOutput
 
-__all__ = ["MiniLM", "MiniLMGradients", "MiniLMOutput", "weights_dir"]
+__all__ = ["MiniLM", "MiniLMGradients", "MiniLMOutput", "weights_dir", "SaliencyViT",
+           "SaliencyViTOutput"]

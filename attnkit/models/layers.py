@@ -301,3 +301,281 @@ def l2_normalize_backward(dy, cache):
     small = norm < eps
     along = np.sum(y * dy, axis=-1, keepdims=True)
     return np.where(small, dy / eps, (dy - y * along) / np.maximum(norm, eps))
+
+
+# ============================================================================= vision pieces
+# The SaliencyViT's (attnkit.models.saliency_vit) extra pieces. Feature maps are
+# channels last, (batch, height, width, channel): a convolution is then one
+# matrix product over the last axis. Weights keep PyTorch's layouts.
+
+# ----------------------------------------------------------------------------- patch embedding
+def patch_embed_forward(x, w, b, patch: int):
+    """A ``patch`` x ``patch`` convolution with stride ``patch`` (a ViT's patch embedding).
+
+    Parameters
+    ----------
+    x : ndarray (batch, channel, H, W)
+        Images, channels first (H and W multiples of ``patch``).
+    w : ndarray (hidden, channel, patch, patch)
+        PyTorch's ``Conv2d`` weight.
+    b : ndarray (hidden,)
+
+    Returns
+    -------
+    y : ndarray (batch, rows * cols, hidden)
+        One row per patch, row-major over the (rows, cols) = (H, W) / patch grid.
+    cache : tuple
+        ``(w2, x.shape)`` with ``w2`` the (channel * patch * patch, hidden) matrix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.standard_normal((1, 3, 4, 6)), rng.standard_normal((5, 3, 2, 2))
+    >>> y, _ = patch_embed_forward(x, w, np.zeros(5), 2)
+    >>> y.shape  # a 2 x 3 grid of 2 x 2 patches
+    (1, 6, 5)
+    >>> bool(np.allclose(y[0, 4], np.einsum("chw,ochw->o", x[0, :, 2:4, 2:4], w)))  # patch (1, 1)
+    True
+    """
+    batch, ch, height, width = x.shape
+    rows, cols = height // patch, width // patch
+    patches = np.ascontiguousarray(
+        x.reshape(batch, ch, rows, patch, cols, patch).transpose(0, 2, 4, 1, 3, 5)
+    ).reshape(batch * rows * cols, ch * patch * patch)
+    w2 = np.ascontiguousarray(np.asarray(w, x.dtype).reshape(w.shape[0], -1).T)
+    y = _matmul(patches, w2, b)
+    return y.reshape(batch, rows * cols, w.shape[0]), (w2, x.shape)
+
+
+def patch_embed_backward(dy, cache):
+    """Input gradient of :func:`patch_embed_forward`: (batch, channel, H, W)."""
+    w2, shape = cache
+    batch, ch, height, width = shape
+    patch = int(round((w2.shape[0] // ch) ** 0.5))
+    rows, cols = height // patch, width // patch
+    dp = _matmul(dy.reshape(-1, dy.shape[-1]), w2.T)
+    return np.ascontiguousarray(
+        dp.reshape(batch, rows, cols, ch, patch, patch).transpose(0, 3, 1, 4, 2, 5)
+    ).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- layer scale
+def layer_scale_forward(x, gamma):
+    """``x * gamma`` over the last axis (DINOv2's LayerScale); cache: ``gamma``."""
+    gamma = np.asarray(gamma, x.dtype)
+    return x * gamma, gamma
+
+
+def layer_scale_backward(dy, gamma):
+    """Input gradient of :func:`layer_scale_forward`: ``dy * gamma``."""
+    return dy * gamma
+
+
+# ----------------------------------------------------------------------------- transposed conv
+def conv_transpose2d_forward(x, w, b=None):
+    """PyTorch's ``ConvTranspose2d(kernel_size=4, stride=2, padding=1)``, channels last.
+
+    Each input pixel's products with the 16 kernel taps come from one matrix
+    product, ``x @ w`` with ``w`` as (in, 4 * 4 * out); every output pixel then
+    sums its four taps (:func:`attnkit.kernels.cpu.layers.col2im_k4s2p1`).
+
+    Parameters
+    ----------
+    x : ndarray (batch, h, w, in)
+    w : ndarray (in, out, 4, 4)
+        PyTorch's (and ONNX's) ``ConvTranspose`` weight layout.
+    b : ndarray (out,), optional
+
+    Returns
+    -------
+    y : ndarray (batch, 2h, 2w, out)
+    cache : tuple
+        ``(w2, x.shape)``, ``w2`` the (in, 4 * 4 * out) matrix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.zeros((1, 2, 2, 1)); x[0, 0, 0, 0] = 1.0  # one pixel on
+    >>> w = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> y, _ = conv_transpose2d_forward(x, w)
+    >>> y[0, :, :, 0]  # the kernel, placed at (2 * 0 - 1, 2 * 0 - 1) and cut by the padding
+    array([[ 5.,  6.,  7.,  0.],
+           [ 9., 10., 11.,  0.],
+           [13., 14., 15.,  0.],
+           [ 0.,  0.,  0.,  0.]])
+    """
+    from ..kernels.cpu import layers as kernels
+
+    batch, h, wd, cin = x.shape
+    w = np.asarray(w, x.dtype)
+    if w.shape[0] != cin or w.shape[2:] != (4, 4):
+        raise ValueError(f"w: expected shape ({cin}, out, 4, 4), got {w.shape}. "
+                         f"Fix: pass the ConvTranspose2d weight of a layer with {cin} inputs")
+    cout = w.shape[1]
+    w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(cin, 16 * cout))
+    cols = _matmul(x.reshape(-1, cin), w2).reshape(batch, h, wd, 4, 4, cout)
+    y = np.empty((batch, 2 * h, 2 * wd, cout), x.dtype)
+    bias = np.zeros(cout, x.dtype) if b is None else np.asarray(b, x.dtype)
+    kernels.col2im_k4s2p1(cols, bias, y)
+    return y, (w2, x.shape)
+
+
+def conv_transpose2d_backward(dy, cache):
+    """Input gradient of :func:`conv_transpose2d_forward`: (batch, h, w, in).
+
+    Gathers, for each input pixel, the 16 output pixels it fed (a stride-2
+    convolution of ``dy`` padded by one), then one product with ``w2.T``.
+    """
+    w2, shape = cache
+    batch, h, wd, cin = shape
+    cout = w2.shape[1] // 16
+    pad = np.zeros((batch, 2 * h + 2, 2 * wd + 2, cout), dy.dtype)
+    pad[:, 1:-1, 1:-1] = dy
+    cols = np.empty((batch, h, wd, 4, 4, cout), dy.dtype)
+    for ky in range(4):
+        for kx in range(4):  # input (i, j) fed output (2i + ky - 1, 2j + kx - 1)
+            cols[:, :, :, ky, kx] = pad[:, ky: ky + 2 * h: 2, kx: kx + 2 * wd: 2]
+    return _matmul(cols.reshape(batch * h * wd, 16 * cout), w2.T).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- BatchNorm, ReLU
+def batch_norm_forward(x, gamma, beta, mean, var, eps: float):
+    """BatchNorm with running statistics (inference) over the last (channel) axis.
+
+    ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, computed as one scale and
+    shift per channel; cache: the scale.
+    """
+    dt = x.dtype
+    scale = (np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps))
+    shift = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+    scale, shift = scale.astype(dt), shift.astype(dt)
+    return x * scale + shift, scale
+
+
+def batch_norm_backward(dy, scale):
+    """Input gradient of :func:`batch_norm_forward`: ``dy * scale``."""
+    return dy * scale
+
+
+def relu_forward(x):
+    """``max(x, 0)``; cache: the mask ``x > 0``."""
+    mask = x > 0
+    return np.where(mask, x, x.dtype.type(0)), mask
+
+
+def relu_backward(dy, mask):
+    """Input gradient of :func:`relu_forward`: ``dy`` where the input was positive, else 0."""
+    return np.where(mask, dy, dy.dtype.type(0))
+
+
+# ----------------------------------------------------------------------------- 1x1 convolution
+def conv1x1_forward(x, w, b=None):
+    """A 1x1 convolution, channels last: ``x @ w[:, :, 0, 0].T + b``; cache: the (in, out) matrix.
+
+    ``w`` is PyTorch's (out, in, 1, 1) ``Conv2d`` weight.
+    """
+    w2 = np.ascontiguousarray(np.asarray(w, x.dtype).reshape(w.shape[0], w.shape[1]).T)
+    return _matmul(x, w2, b), w2
+
+
+def conv1x1_backward(dy, w2):
+    """Input gradient of :func:`conv1x1_forward`."""
+    return _matmul(dy, w2.T)
+
+
+# ----------------------------------------------------------------------------- resizing
+def interpolation_matrix(n_in: int, n_out: int, mode: str = "linear", *, cubic_a: float = -0.75):
+    """The (n_out, n_in) matrix of a 1-d resize with half-pixel centres, no antialiasing.
+
+    Output sample ``i`` reads the input at ``x = (i + 0.5) * n_in / n_out - 0.5``
+    (PyTorch's ``align_corners=False``, ONNX's ``half_pixel``). ``mode="linear"``
+    clamps ``x`` into ``[0, n_in - 1]`` (bilinear); ``mode="cubic"`` uses Keys'
+    kernel with ``a = cubic_a`` (PyTorch's bicubic: -0.75) on the four nearest
+    inputs, indices clamped to the edge. A 2-d resize of ``img`` (..., h, w) is
+    ``R_h @ img @ R_w.T``. Built in float64.
+
+    Examples
+    --------
+    >>> interpolation_matrix(2, 4).round(3)
+    array([[1.  , 0.  ],
+           [0.75, 0.25],
+           [0.25, 0.75],
+           [0.  , 1.  ]])
+    >>> bool(np.allclose(interpolation_matrix(37, 16, "cubic").sum(axis=1), 1.0))
+    True
+    """
+    if mode not in ("linear", "cubic"):
+        raise ValueError(f"mode: expected 'linear' or 'cubic', got {mode!r}. Fix: pass one of those")
+    m = np.zeros((n_out, n_in))
+    scale = n_in / n_out
+    for i in range(n_out):
+        x = (i + 0.5) * scale - 0.5
+        if mode == "linear":
+            x = min(max(x, 0.0), n_in - 1.0)
+            x0 = int(math.floor(x))
+            t = x - x0
+            m[i, x0] += 1.0 - t
+            m[i, min(x0 + 1, n_in - 1)] += t
+        else:
+            x0 = int(math.floor(x))
+            t = x - x0
+            a = cubic_a
+            weights = (((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+                       ((a + 2) * t - (a + 3)) * t * t + 1,
+                       ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+                       ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a)
+            for k, wk in enumerate(weights):
+                m[i, min(max(x0 - 1 + k, 0), n_in - 1)] += wk
+    return m
+
+
+def resize_forward(x, rows, cols):
+    """Resize the last two axes: ``rows @ x @ cols.T`` (matrices of :func:`interpolation_matrix`).
+
+    ``x`` (..., h, w) -> (..., H, W) for ``rows`` (H, h) and ``cols`` (W, w); the
+    matrices are cast to ``x``'s dtype. Cache: ``(rows, cols)``.
+    """
+    from ..kernels.cpu.threads import single_threaded_blas
+
+    rows = np.asarray(rows, x.dtype)
+    cols = np.asarray(cols, x.dtype)
+    lead = x.shape[:-2]
+    flat = np.ascontiguousarray(x).reshape(-1, *x.shape[-2:])
+    out = np.empty((flat.shape[0], rows.shape[0], cols.shape[0]), x.dtype)
+    cols_t = np.ascontiguousarray(cols.T)
+    with single_threaded_blas():  # small products: BLAS threads only add hand-offs
+        for i in range(flat.shape[0]):
+            np.dot(np.dot(rows, flat[i]), cols_t, out=out[i])
+    return out.reshape(*lead, rows.shape[0], cols.shape[0]), (rows, cols)
+
+
+def resize_backward(dy, cache):
+    """Input gradient of :func:`resize_forward`: ``rows.T @ dy @ cols``."""
+    rows, cols = cache
+    return resize_forward(dy, rows.T, cols.T)[0]
+
+
+# ----------------------------------------------------------------------------- sigmoid
+def sigmoid_forward(x):
+    """The logistic function ``1 / (1 + exp(-x))``, overflow-free; cache: the output."""
+    e = np.exp(-np.abs(x))
+    y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    return y, y
+
+
+def sigmoid_backward(dy, y):
+    """Input gradient of :func:`sigmoid_forward`: ``dy * y * (1 - y)``."""
+    return dy * y * (1 - y)
+
+
+__all__ += [
+    "patch_embed_forward", "patch_embed_backward",
+    "layer_scale_forward", "layer_scale_backward",
+    "conv_transpose2d_forward", "conv_transpose2d_backward",
+    "batch_norm_forward", "batch_norm_backward",
+    "relu_forward", "relu_backward",
+    "conv1x1_forward", "conv1x1_backward",
+    "interpolation_matrix", "resize_forward", "resize_backward",
+    "sigmoid_forward", "sigmoid_backward",
+]

@@ -210,3 +210,140 @@ def attention_grad(p, q, k, v, dout, lengths, scale, dq, dk, dv, dp):
         dq[b, h, :length] = np.dot(dsb, np.ascontiguousarray(k[b, h, :length])) * scale
         dk[b, h, :length] = np.dot(dsb.T, np.ascontiguousarray(q[b, h, :length])) * scale
         dv[b, h, :length] = np.dot(pb.T, gb)
+
+
+# ----------------------------------------------------------------------------- vision
+# Loops of the SaliencyViT (:mod:`attnkit.models.saliency_vit`): its image
+# preprocessing (OpenCV's INTER_AREA resize, bit for bit) and the scatter of its
+# transposed convolutions.
+
+@njit(parallel=True, cache=True)
+def area_resize_u8(src, xsrc, xdst, xalpha, ysrc, yalpha, ystart, out):
+    """Area-weighted downscaling of a uint8 (H, W, C) image, as OpenCV's ``resizeArea``.
+
+    ``(xsrc[k], xdst[k], xalpha[k])`` adds source column ``xsrc[k]`` with weight
+    ``xalpha[k]`` into output column ``xdst[k]``; the entries ``ystart[dy]`` to
+    ``ystart[dy + 1]`` of ``(ysrc, yalpha)`` do the same for the rows of output
+    row ``dy``. Sums run in float32 in OpenCV's order (each source row over x,
+    then over the rows), then round half to even and saturate, so the result is
+    OpenCV's to the bit.
+    """
+    dh, dw, cn = out.shape
+    for dy in prange(dh):
+        buf = np.empty((dw, cn), np.float32)
+        acc = np.zeros((dw, cn), np.float32)
+        for j in range(ystart[dy], ystart[dy + 1]):
+            row = src[ysrc[j]]
+            beta = yalpha[j]
+            buf[:] = 0.0
+            for k in range(xsrc.size):
+                d = xdst[k]
+                s = xsrc[k]
+                a = xalpha[k]
+                for c in range(cn):
+                    buf[d, c] = buf[d, c] + np.float32(row[s, c]) * a
+            if j == ystart[dy]:
+                for d in range(dw):
+                    for c in range(cn):
+                        acc[d, c] = beta * buf[d, c]
+            else:
+                for d in range(dw):
+                    for c in range(cn):
+                        acc[d, c] = acc[d, c] + beta * buf[d, c]
+        for d in range(dw):
+            for c in range(cn):
+                v = np.rint(acc[d, c])
+                out[dy, d, c] = np.uint8(min(max(v, 0.0), 255.0))
+
+
+@njit(parallel=True, cache=True)
+def area_fast_u8(src, sy, sx, out):
+    """Block means over ``sy`` x ``sx`` source pixels (OpenCV's ``resizeAreaFast`` for uint8).
+
+    2 x 2 blocks round half up (``(sum + 2) >> 2``, OpenCV's special case); other
+    block sizes multiply the integer sum by ``float32(1 / area)`` and round half
+    to even.
+    """
+    dh, dw, cn = out.shape
+    area = sy * sx
+    scale = np.float32(1.0) / np.float32(area)
+    for dy in prange(dh):
+        for dx in range(dw):
+            for c in range(cn):
+                total = 0
+                for i in range(sy):
+                    for j in range(sx):
+                        total += np.int64(src[dy * sy + i, dx * sx + j, c])
+                if sy == 2 and sx == 2:
+                    v = (total + 2) >> 2
+                else:
+                    v = np.int64(np.rint(np.float32(total) * scale))
+                out[dy, dx, c] = np.uint8(min(max(v, 0), 255))
+
+
+@njit(parallel=True, cache=True)
+def area_upscale_u8(src, xofs, xalpha, yofs, ybeta, simd_end, out):
+    """OpenCV's INTER_AREA upscaling of a uint8 image: bilinear in 11-bit fixed point.
+
+    ``xofs[dx]`` is the left source column of output column ``dx`` and
+    ``xalpha[dx]`` its two int weights (summing to 2048); ``yofs``/``ybeta``
+    likewise for rows (the row below is clamped to the image). The horizontal
+    pass is exact in integers; the vertical one rounds as OpenCV's SIMD loop
+    (``((s0 >> 4) * b0 >> 16) + ((s1 >> 4) * b1 >> 16)``, then ``(x + 2) >> 2``)
+    for the first ``simd_end`` values of a row (x * channels + c) and as its
+    scalar tail (``(s0 * b0 + s1 * b1 + 2**21) >> 22``) for the rest.
+    """
+    dh, dw, cn = out.shape
+    h, w = src.shape[0], src.shape[1]
+    for dy in prange(dh):
+        r0 = min(max(yofs[dy], 0), h - 1)
+        r1 = min(max(yofs[dy] + 1, 0), h - 1)
+        b0 = np.int64(ybeta[dy, 0])
+        b1 = np.int64(ybeta[dy, 1])
+        for dx in range(dw):
+            sx = xofs[dx]
+            a0 = np.int64(xalpha[dx, 0])
+            a1 = np.int64(xalpha[dx, 1])
+            sx1 = min(sx + 1, w - 1)
+            for c in range(cn):
+                s0 = np.int64(src[r0, sx, c]) * a0 + np.int64(src[r0, sx1, c]) * a1
+                s1 = np.int64(src[r1, sx, c]) * a0 + np.int64(src[r1, sx1, c]) * a1
+                if dx * cn + c < simd_end:
+                    v = (((s0 >> 4) * b0) >> 16) + (((s1 >> 4) * b1) >> 16)
+                    v = (v + 2) >> 2
+                else:
+                    v = (s0 * b0 + s1 * b1 + (1 << 21)) >> 22
+                out[dy, dx, c] = np.uint8(min(max(v, 0), 255))
+
+
+@njit(parallel=True, cache=True)
+def col2im_k4s2p1(cols, bias, out):
+    """The scatter of a 4x4, stride-2, padding-1 transposed convolution, as a gather.
+
+    ``cols`` (N, h, w, 4, 4, C) holds each input pixel's products with every
+    kernel tap; ``out`` (N, 2h, 2w, C) gets, per output pixel, the sum of its
+    four taps (rows ``2i + ky - 1 = oy``, columns likewise) plus ``bias``.
+    """
+    n, h, w = cols.shape[0], cols.shape[1], cols.shape[2]
+    ch = cols.shape[5]
+    for t in prange(n * 2 * h):
+        b = t // (2 * h)
+        oy = t % (2 * h)
+        # taps (i, ky) with 2 i + ky - 1 == oy: ky has the parity of oy + 1
+        ky0 = (oy + 1) % 2
+        for ox in range(2 * w):
+            kx0 = (ox + 1) % 2
+            for c in range(ch):
+                out[b, oy, ox, c] = bias[c]
+            for ky in range(ky0, 4, 2):
+                i2 = oy + 1 - ky
+                if i2 < 0 or i2 >= 2 * h:
+                    continue
+                i = i2 // 2
+                for kx in range(kx0, 4, 2):
+                    j2 = ox + 1 - kx
+                    if j2 < 0 or j2 >= 2 * w:
+                        continue
+                    j = j2 // 2
+                    for c in range(ch):
+                        out[b, oy, ox, c] += cols[b, i, j, ky, kx, c]
