@@ -25,6 +25,7 @@ from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .equivariance import check_equivariance
 from .flow import attention_flow
 from .options import get_options, set_options
+from .patches import patch_grid, patch_maps
 from .rollout import augmented_attention, grad_rollout, rollout, rollout_rows
 from .scores import SCORE_KINDS, attention_scores
 from .sinks import attention_sinks
@@ -71,6 +72,8 @@ __all__ = [
     "head_stats",
     "attention_scores",
     "attention_sinks",
+    "patch_grid",
+    "patch_maps",
     "SCORE_KINDS",
     "correlate",
     "compare_correlations",

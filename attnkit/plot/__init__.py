@@ -15,7 +15,9 @@ Every public name is re-exported here (``attnkit.plot.<name>``); the modules are
 * :mod:`~attnkit.plot.heads` -- every layer and head: :func:`head_grid`;
 * :mod:`~attnkit.plot.tokens` -- what feeds [CLS]: :func:`cls_bar`; several per-token
   scores side by side: :func:`token_scores`;
-* :mod:`~attnkit.plot.patches` -- [CLS] on an image's patch grid: :func:`patch_overlay`;
+* :mod:`~attnkit.plot.patches` -- maps on an image's patch grid, over the image:
+  :func:`patch_overlay` (one map), :func:`image_panel` (every map of one image),
+  :func:`sink_figure` (the attention-sink artefact);
 * :mod:`~attnkit.plot.stats` -- head statistics: :func:`head_stats_plot`,
   :func:`special_token_plot`;
 * :mod:`~attnkit.plot.correlation` -- correlation with ablation:
@@ -43,7 +45,7 @@ from .correlation import correlation_plot, correlation_table
 from .dataset import KINDS, plot_dataset
 from .heads import head_grid
 from .matrices import alignment, flow_map, heatmap, matrix_map, rollout_map
-from .patches import patch_overlay
+from .patches import image_panel, patch_overlay, sink_figure
 from .performance import cost_plot, load_results, memory_plot, throughput_plot
 from .save import FORMATS, save_figure
 from .stats import head_stats_plot, special_token_plot
@@ -59,6 +61,8 @@ __all__ = [
     "cls_bar",
     "token_scores",
     "patch_overlay",
+    "image_panel",
+    "sink_figure",
     "head_stats_plot",
     "special_token_plot",
     "correlation_plot",
