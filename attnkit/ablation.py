@@ -24,6 +24,11 @@ The model protocol
   accept an attention dataset as inputs).
 
 Impact of position ``i`` of a sample = ``metric(output(full), output(ablated_i))``.
+
+Image models (``model.modality == "image"``: :class:`attnkit.models.SaliencyViT`)
+go to :mod:`attnkit.models._vit_ablation`: methods ``mask`` (occlusion: the
+patch's pixels set to the normalisation mean) and ``key_mask`` (the patch token
+removed as a key in every layer), on the pre-sigmoid saliency map.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ def _positions(positions, length):
 
 
 # ----------------------------------------------------------------------------- ablate
-def ablate(model, inputs, *, method="delete", metric="cosine", positions=None, special="nan",
+def ablate(model, inputs, *, method=None, metric="cosine", positions=None, special="nan",
            mask_id=None, batch_size=64, progress=None):
     """Leave-one-out ablation impact of every token (or chosen positions).
 
@@ -116,9 +121,11 @@ def ablate(model, inputs, *, method="delete", metric="cosine", positions=None, s
         attention dataset made by ``model.run`` (its tokens are mapped back
         with ``model.token_to_id``; the result then aligns with it).
     method : {"delete", "mask", "zero"} or a sequence of them
-        ``delete`` drops the token (the sequence gets one shorter); ``mask``
+        ``delete`` (default) drops the token (the sequence gets one shorter); ``mask``
         replaces it by the mask token; ``zero`` zeroes its word embedding
-        (position embeddings stay).
+        (position embeddings stay). Image models: ``mask`` (default; occlusion,
+        the patch set to the normalisation mean) or ``key_mask`` (the patch
+        token removed as a key in every layer).
     metric : {"cosine", "euclidean", "score"} or callable
         ``cosine``: cosine distance ``1 - cos`` between the full and the
         ablated output vectors (default; suits sentence embeddings);
@@ -170,7 +177,13 @@ def ablate(model, inputs, *, method="delete", metric="cosine", positions=None, s
 
     from ._progress import progress_bar
 
-    methods = method_names("method", method, METHODS)
+    if getattr(model, "modality", None) == "image":
+        from .models import _vit_ablation
+
+        return _vit_ablation.ablate(model, inputs, method=method, metric=metric,
+                                    positions=positions, special=special, mask_id=mask_id,
+                                    batch_size=batch_size, progress=progress)
+    methods = method_names("method", "delete" if method is None else method, METHODS)
     metric_fn, metric_name = _metric_fn(metric)
     batch_size = positive_int("batch_size", batch_size)
     if special not in ("nan", "compute"):

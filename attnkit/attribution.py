@@ -18,6 +18,11 @@ The model protocol is that of :class:`attnkit.models.MiniLM`:
 ``word_embeddings(ids)``, ``value_and_gradients(embeds, lengths, target)``,
 ``hidden_size``, ``readout`` and, for the "mask" baseline, ``mask_token_id``
 and ``special_token_ids``.
+
+Image models (``model.modality == "image"``: :class:`attnkit.models.SaliencyViT`)
+go to :mod:`attnkit.models._vit_attribution`: one score per patch (pixel
+gradients pooled over each 14 x 14 patch), the same methods plus
+``gradcam`` (:data:`IMAGE_ATTRIBUTION_METHODS`).
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ import numpy as np
 from ._model_inputs import input_ids
 from .errors import method_names, positive_int, value_error
 
-__all__ = ["attribute", "ATTRIBUTION_METHODS", "BASELINES", "METHOD_DIM"]
+__all__ = ["attribute", "ATTRIBUTION_METHODS", "IMAGE_ATTRIBUTION_METHODS", "BASELINES",
+           "METHOD_DIM"]
 
 #: Attribution methods of :func:`attribute`.
 ATTRIBUTION_METHODS = ("input_x_gradient", "integrated_gradients", "gradient_norm",
                        "grad_rollout")
+#: Attribution methods for image models: the same, plus Grad-CAM on the output tokens.
+IMAGE_ATTRIBUTION_METHODS = ATTRIBUTION_METHODS + ("gradcam",)
 #: Integrated-gradients baselines: zero word embeddings, or [MASK] on every
 #: token but [CLS]/[SEP]; position and token-type embeddings are kept.
 BASELINES = ("zero", "mask")
@@ -144,22 +152,26 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
 
     Parameters
     ----------
-    model : attnkit.models.MiniLM
+    model : attnkit.models.MiniLM or attnkit.models.SaliencyViT
         A model with gradient support (see the module docstring).
     inputs : list of str, list of token-id sequences, or xarray.Dataset
         Sentences, token ids, or an attention dataset made by ``model.run``
-        (its tokens are mapped back to ids; the result aligns with it).
+        (its tokens are mapped back to ids; the result aligns with it). For an
+        image model: images, normalised pixels (N, 3, H, W), or a dataset made
+        by ``vit.run`` (its stored ``image`` is used).
     method : str or sequence of str
         One or more of "input_x_gradient", "integrated_gradients",
-        "gradient_norm", "grad_rollout".
+        "gradient_norm", "grad_rollout"; image models also "gradcam".
     target : "self" or array_like (hidden,) or (sample, hidden)
         The scalar explained, ``T(x') = <r(x'), t>`` with ``r`` the read-out
         before any final normalisation; "self": ``t = r(x)/|r(x)|`` of each
-        unperturbed input, held fixed.
+        unperturbed input, held fixed. Image models: "self" or a weight map
+        (H, W) or (sample, H, W) on the pre-sigmoid saliency map.
     baseline : {"zero", "mask"}
         Integrated gradients' starting point: zero word embeddings, or the
         [MASK] embedding on every token but [CLS]/[SEP]. Position and
-        token-type embeddings are kept.
+        token-type embeddings are kept. Image models: "zero" (zero normalised
+        pixels, the mean colour) or "black".
     steps : int
         Integrated gradients' path points (midpoint rule).
     batch_size : int
@@ -178,7 +190,9 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
         ``baseline``, ``steps`` and the completeness error
         ``|sum_i a_i - (T(x) - T(x0))|``: its largest value over samples
         (``completeness_error``) and relative to ``|T(x) - T(x0)|``
-        (``completeness_relative_error``).
+        (``completeness_relative_error``). Image models: one score per
+        position ([CLS], then the patches row by row), NaN at [CLS] for the
+        pixel methods and gradcam; attrs also ``grid``.
 
     Examples
     --------
@@ -196,7 +210,19 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
     from ._progress import progress_bar
     from .models import _target
 
+    if getattr(model, "modality", None) == "image":
+        from .models import _vit_attribution
+
+        return _vit_attribution.attribute(model, inputs, method=method, target=target,
+                                          baseline=baseline, steps=steps, batch_size=batch_size,
+                                          progress=progress)
     _check_model(model)
+    if not isinstance(method, str):
+        method = tuple(method)
+    if "gradcam" in ((method,) if isinstance(method, str) else method):
+        raise value_error("method", f"one of {ATTRIBUTION_METHODS} for a text model",
+                          "'gradcam' (for image models: it needs a patch grid)",
+                          "pick one of those, or pass an image model (ak.models.SaliencyViT)")
     methods = method_names("method", method, ATTRIBUTION_METHODS)
     steps = positive_int("steps", steps)
     batch_size = positive_int("batch_size", batch_size)

