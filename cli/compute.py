@@ -57,26 +57,35 @@ def image_files(inputs) -> list[str]:
 
 
 def dataset_and_model(path, api: str):
-    """A dataset written by ``attnkit compute`` and MiniLM configured as it was run.
+    """A dataset written by ``attnkit compute`` and its built-in model, configured as it was run.
 
-    ``api`` names the Python function the error suggests for other models
-    (e.g. "ak.ablate"). Raises a UserError for a dataset of another model or
-    without tokens.
+    MiniLM datasets get MiniLM (with or without position embeddings, as
+    stored), SaliencyViT datasets the SaliencyViT. ``api`` names the Python
+    function the error suggests for other models (e.g. "ak.ablate"). Raises a
+    UserError for a dataset of another model or without tokens.
     """
     import attnkit as ak
     from attnkit.models.minilm import MODEL_NAME
+    from attnkit.models.saliency_vit import MODEL_NAME as VIT_NAME
 
     ds = ak.open_dataset(path)
-    if ds.attrs.get("model") != MODEL_NAME:
-        raise UserError(f"{path}: expected a dataset of the built-in model {MODEL_NAME}, got "
-                        f"model {ds.attrs.get('model')!r}. Fix: make it with attnkit compute, or "
+    name = ds.attrs.get("model")
+    if name not in (MODEL_NAME, VIT_NAME):
+        raise UserError(f"{path}: expected a dataset of a built-in model ({MODEL_NAME} or "
+                        f"{VIT_NAME}), got model {name!r}. Fix: make it with attnkit compute, or "
                         f"call {api} with your own model from Python.")
     if "token" not in ds.variables:
         raise UserError(f"{path}: expected the token coordinate, got none. "
                         f"Fix: recompute it with attnkit compute.")
+    if name == VIT_NAME:
+        return ds, load_model("saliency-vit")
     model = load_model().configured(
         position_embeddings=bool(int(ds.attrs.get("position_embeddings", 1))))
     return ds, model
+
+
+def is_image_model(model) -> bool:
+    return getattr(model, "modality", "text") == "image"
 
 
 @click.command()
