@@ -119,7 +119,8 @@ def choose(backend: str, *, cuda_supported: bool = True, what: str = "this compu
     ValueError: backend: expected one of 'auto', 'cpu', 'cuda', got 'gpu'. Fix: pick one of those.
     """
     errors.backend_name(backend)
-    on_gpu = [(name, x) for name, x in arrays.items() if is_device_array(x)]
+    on_gpu = [(name, x) for name, x in arrays.items()
+              if type(x) is not np.ndarray and is_device_array(x)]
     if backend == "cpu":
         if on_gpu:
             name, x = on_gpu[0]
@@ -161,8 +162,14 @@ def kernels(target: str):
     :class:`attnkit._prepare.Problem`: ``attention``, ``weights``, ``stats``
     and ``RowStream`` (rows of rollout).
     """
-    if target == "cuda":
-        from .kernels.cuda import api
-    else:
-        from .kernels.cpu import api
+    api = _KERNEL_APIS.get(target)
+    if api is None:  # imported once: an import statement per call costs a tiny call ~1 us
+        if target == "cuda":
+            from .kernels.cuda import api
+        else:
+            from .kernels.cpu import api
+        _KERNEL_APIS[target] = api
     return api
+
+
+_KERNEL_APIS: dict = {}

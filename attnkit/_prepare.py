@@ -96,11 +96,17 @@ def _as_cuda_input(name: str, x):
 
 def _compute_dtype(*arrays: np.ndarray) -> tuple[np.dtype, np.dtype]:
     """(dtype the kernel computes in, dtype of the result)."""
-    names = {a.dtype.name for a in arrays}
+    return _compute_dtype_of(tuple(a.dtype for a in arrays))
+
+
+@functools.lru_cache(maxsize=256)
+def _compute_dtype_of(dtypes: tuple) -> tuple[np.dtype, np.dtype]:
+    # Cached: ``dtype.name`` is a slow property, and every call asks the same few questions.
+    names = {dt.name for dt in dtypes}
     if "float64" in names:
         return np.dtype(np.float64), np.dtype(np.float64)
     if len(names) == 1 and names <= {"float16", "bfloat16"}:
-        return np.dtype(np.float32), arrays[0].dtype  # half in, half out
+        return np.dtype(np.float32), dtypes[0]  # half in, half out
     return np.dtype(np.float32), np.dtype(np.float32)
 
 
@@ -121,11 +127,35 @@ def _check_finite(name: str, arr) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1)
+def _nonfinite_counter():
+    from .kernels.cpu.attention import count_nonfinite
+
+    return count_nonfinite
+
+
+def _all_finite_quickly(arrays) -> bool:
+    """True when ``arrays`` are all C-contiguous native float32/float64 host arrays and
+    every entry is finite, found with one Numba call; False means "check one by one"
+    (:func:`_check_finite` then finds the array to name, or passes other layouts)."""
+    for arr in arrays:
+        if type(arr) is not np.ndarray or arr.dtype.char not in "fd" or not arr.dtype.isnative \
+                or not arr.flags.c_contiguous:
+            return False
+    flat = [arr.reshape(-1) for arr in arrays]  # views: no copies
+    return _nonfinite_counter()(flat[0], flat[1], flat[-1]) == 0
+
+
 def batch_maps(q_batch: tuple, kv_batch: tuple, q_name: str = "q", k_name: str = "k"):
     """Index maps from the broadcast batch shape to the flat q and kv problems.
 
     Returns ``(batch, q_map, kv_map)``; errors name ``q_name`` / ``k_name``.
     """
+    if q_batch == kv_batch:
+        # The common case, taken quickly: nothing to group or broadcast, and nothing that
+        # the general path below could reject. Two fresh arrays, as below.
+        size = math.prod(q_batch)
+        return tuple(q_batch), np.arange(size, dtype=np.int64), np.arange(size, dtype=np.int64)
     kv_ids = np.arange(math.prod(kv_batch), dtype=np.int64).reshape(kv_batch)
     if (
         q_batch and kv_batch and q_batch[-1] != kv_batch[-1]
@@ -160,7 +190,9 @@ def batch_lengths(name: str, lengths, batch: tuple, limit: int, axis: str) -> np
     """Lengths per problem (flattened batch), from an int or an array aligned on the left."""
     size = math.prod(batch)
     if lengths is None:
-        return np.full(size, limit, dtype=np.int64)
+        full = np.empty(size, dtype=np.int64)
+        full.fill(limit)
+        return full
     arr = np.asarray(lengths)
     if not (np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
         raise TypeError(
@@ -235,7 +267,18 @@ def prepare(
     in the compute dtype; ``target="cuda"`` accepts GPU arrays too and keeps
     every array in its own dtype as a ``(B, H, rows, cols)`` view (host
     bfloat16 becomes float32, which the GPU kernels read).
+
+    The common CPU call (plain arrays, default scale, no mask but ``causal``,
+    no padding, no score_mod) goes through :func:`_prepare_plain` first: the
+    same checks, fewer steps. It builds the same :class:`Problem` or, when
+    anything is out of the ordinary, hands the arguments to the general path
+    below, which raises the errors.
     """
+    if (target == "cpu" and scale is None and mask is None and score_mod is None
+            and q_lengths is None and kv_lengths is None):
+        plain = _prepare_plain(q, k, v, causal, check_finite)
+        if plain is not None:
+            return plain
     as_input = _as_cuda_input if target == "cuda" else host_float_array
     q = as_input("q", q)
     k = as_input("k", k)
@@ -269,7 +312,7 @@ def prepare(
                 "v", f"the same leading dims as k, {k.shape[:-2]}", v.shape,
                 "give k and v the same batch and head dims",
             )
-    if check_finite:
+    if check_finite and not _all_finite_quickly(arrays):
         for name, arr in zip("qkv", arrays):
             _check_finite(name, arr)
     if mask is not None and not isinstance(mask, Mask):
@@ -292,21 +335,17 @@ def prepare(
     batch, q_map, kv_map = batch_maps(q.shape[:-2], k.shape[:-2])
     q_len = batch_lengths("q_lengths", q_lengths, batch, n, "n")
     kv_len = batch_lengths("kv_lengths", kv_lengths, batch, m, "m")
-    effective = combine_all([mask, causal_mask() if causal else None])
-    if effective is None:
+    if mask is None and not causal:  # the empty program: every pair allowed
         ops, aux = np.zeros((0, 5), np.int64), np.zeros(1, np.int64)
     else:
-        ops, aux = effective.program(n, m)
+        ops, aux = combine_all([mask, causal_mask() if causal else None]).program(n, m)
 
-    def flat(x, rows, cols, name):
-        # An explicit problem count: reshape(-1, ...) is ambiguous for empty arrays.
-        problems = math.prod(x.shape[:-2])
-        return np.ascontiguousarray(x.reshape((problems, rows, cols)), dtype=compute)
-
-    reshape = flat
-    device = any(is_device_array(a) for a in arrays)
     if target == "cuda":
         reshape = _four_d
+        device = any(is_device_array(a) for a in arrays)
+    else:  # host_float_array let no GPU array through
+        reshape = functools.partial(_flat, dtype=compute)
+        device = False
     return Problem(
         q=reshape(q, n, d, name="q"),
         k=reshape(k, m, d, name="k"),
@@ -317,6 +356,62 @@ def prepare(
         score_mod=_jit_score_mod(score_mod, int(batch[-1]) if batch else 1),
         out_dtype=out_dtype, target=target, device=device,
     )
+
+
+def _prepare_plain(q, k, v, causal, check_finite) -> Problem | None:
+    """:func:`prepare`'s answer for plain inputs, or None to take the general path.
+
+    Plain: NumPy arrays of one native float32/float64 dtype, C-contiguous,
+    with equal batch dims; everything :func:`prepare` checks holds (shapes,
+    finiteness); default scale, no mask other than ``causal``, no lengths,
+    no score_mod (the caller checks those). Then the general path would only
+    reshape views and build the default maps, lengths and mask program; this
+    builds the same without its conversions and broadcasting. Never raises:
+    whatever is not plain, or fails a check, returns None, and the general
+    path raises its usual error.
+    """
+    if type(q) is not np.ndarray or type(k) is not np.ndarray:
+        return None
+    dtype = q.dtype
+    if k.dtype != dtype or dtype.char not in "fd" or not dtype.isnative:
+        return None
+    if q.ndim < 2 or k.ndim < 2 or not (q.flags.c_contiguous and k.flags.c_contiguous):
+        return None
+    batch = q.shape[:-2]
+    n, d = q.shape[-2:]
+    m = k.shape[-2]
+    if d == 0 or k.shape[-1] != d or k.shape[:-2] != batch:
+        return None
+    if v is not None and (type(v) is not np.ndarray or v.dtype != dtype or v.ndim < 2
+                          or not v.flags.c_contiguous or v.shape[-2] != m
+                          or v.shape[:-2] != batch):
+        return None
+    if check_finite and not _all_finite_quickly((q, k) if v is None else (q, k, v)):
+        return None
+    size = math.prod(batch)
+    q_len = np.empty(size, dtype=np.int64)
+    q_len.fill(n)
+    kv_len = np.empty(size, dtype=np.int64)
+    kv_len.fill(m)
+    if causal:
+        ops, aux = causal_mask().program(n, m)
+    else:
+        ops, aux = np.zeros((0, 5), np.int64), np.zeros(1, np.int64)
+    return Problem(
+        q=q.reshape((size, n, d)), k=k.reshape((size, m, d)),
+        v=None if v is None else v.reshape((size, m, v.shape[-1])),
+        q_map=np.arange(size, dtype=np.int64), kv_map=np.arange(size, dtype=np.int64),
+        q_len=q_len, kv_len=kv_len, batch_shape=batch, n=n, m=m, scale=1.0 / math.sqrt(d),
+        ops=ops, aux=aux, n_heads=batch[-1] if batch else 1, score_mod=None,
+        out_dtype=dtype, target="cpu", device=False,
+    )
+
+
+def _flat(x, rows, cols, name, dtype):
+    """(problems, rows, cols) C-contiguous in ``dtype`` (no copy when it already is)."""
+    # An explicit problem count: reshape(-1, ...) is ambiguous for empty arrays.
+    problems = math.prod(x.shape[:-2])
+    return np.ascontiguousarray(x.reshape((problems, rows, cols)), dtype=dtype)
 
 
 def _check_cuda_head_dims(d: int, dv) -> None:

@@ -104,9 +104,12 @@ def attention_weights(
 ):
     """Exact attention probabilities ``softmax(scale * q @ k.T)``, shape (..., n, m).
 
-    Computed in two passes (log-sum-exp, then ``exp(score - lse)`` tile by
-    tile), so every row sums to 1 up to rounding. Masked, padded and skipped
-    entries are exactly 0; fully masked rows are all 0.
+    Exact up to rounding: every row sums to 1. The CPU makes one online pass
+    over the keys, storing each tile's ``exp(score - m)`` against the row's
+    running maximum ``m`` and rescaling the row to ``exp(score - lse)`` once
+    it is done; the GPU makes two (log-sum-exp, then ``exp(score - lse)``
+    tile by tile). Masked, padded and skipped entries are exactly 0; fully
+    masked rows are all 0.
 
     Parameters
     ----------
@@ -170,9 +173,14 @@ def attention_stats(
 ):
     """Exact statistics of the attention probabilities without storing them.
 
-    A first pass computes each query's log-sum-exp; later passes recompute the
-    exact probabilities tile by tile and reduce them, so memory stays
-    O(n + m) per head whatever the length.
+    The probabilities are recomputed tile by tile and reduced, never stored,
+    so memory stays O(n + m) per head whatever the length. On the CPU one
+    online pass over the keys gives every per-query statistic together with
+    the log-sum-exp (the entropy as ``log l + sum e (m - s) / l`` from the
+    running maximum ``m``, sum ``l`` and ``e = exp(s - m)``: no cancellation),
+    and "received" is folded into it while its per-tile parts stay small
+    (else it takes a second pass, over the queries); the GPU first computes
+    the log-sum-exp, then reduces ``exp(score - lse)``.
 
     Parameters
     ----------

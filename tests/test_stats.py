@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import reference
 from scipy.spatial.distance import jensenshannon
 
 import attnkit as ak
+from attnkit.kernels.cpu import api as cpu_api
 from attnkit.stats import is_punctuation
 
 
@@ -107,3 +109,86 @@ def test_head_stats_errors(rng):
         ak.head_stats(np.ones((3, 3)))
     with pytest.raises(ValueError, match=r"tokens: expected shape one token list per sample"):
         ak.head_stats(random_attention(rng, (2, 1, 1, 3, 3)), tokens=[["a", "b", "c"]] * 3)
+
+
+# ----------------------------------- attention_stats / attention_weights, one pass
+# The CPU computes the per-query statistics online (entropy from the running
+# maximum, sum and sum of p (m - s)), folds "received" into that pass, and
+# writes attention_weights in one pass (tiles stored against the running
+# maximum, rescaled when the row is done). These check the rescaling paths
+# against the float64 reference.
+def _rising_scores(rng, jump, dtype, n=70, m=3 * 256 + 40, d=16):
+    """Each 256-key tile scores ``jump`` higher than the one before (see test_attention)."""
+    q = np.zeros((2, n, d))
+    q[..., 0] = 1.0
+    q[..., 1:] = 0.1 * rng.standard_normal((2, n, d - 1))
+    k = rng.standard_normal((2, m, d))
+    k[..., 0] = jump * np.sqrt(d) * (np.arange(m) // 256)
+    return q.astype(dtype), k.astype(dtype)
+
+
+@pytest.mark.parametrize("jump", [0.5, 12.0, 150.0], ids=["keep-shift", "rescale", "redo"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_one_pass_weights_and_stats_with_rising_maxima(rng, jump, dtype):
+    q, k = _rising_scores(rng, jump, dtype)
+    p, _ = reference.weights(q.astype(np.float64), k.astype(np.float64))
+    want = reference.stats(p, 3)
+    tol = (1e-5 if dtype == np.float32 else 1e-12) + 3 * jump * np.finfo(dtype).eps
+    w = ak.attention_weights(q, k, backend="cpu")
+    np.testing.assert_allclose(w, p, rtol=tol, atol=tol)
+    np.testing.assert_allclose(w.sum(-1, dtype=np.float64), 1.0, rtol=0, atol=tol)
+    st = ak.attention_stats(q, k, topk=3, backend="cpu")
+    for name in ("entropy", "max", "distance", "received", "topk_value"):
+        # distance sums up to m: its scale is m times the probabilities'
+        scale = k.shape[-2] if name in ("distance", "received") else 1.0
+        np.testing.assert_allclose(st[name], want[name], rtol=tol, atol=tol * scale, err_msg=name)
+    if dtype == np.float64:
+        np.testing.assert_array_equal(st["argmax"], want["argmax"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_entropy_of_peaked_and_flat_rows(rng, dtype):
+    """Near one-hot rows (entropy ~1e-6) and near uniform ones, at large score magnitudes."""
+    n, m, d = 40, 300, 8
+    q = rng.standard_normal((n, d))
+    k = rng.standard_normal((m, d))
+    q[:20] *= 40.0  # peaked: scores up to ~100
+    q[20:] *= 1e-3  # flat: entropy ~ log(m)
+    q, k = q.astype(dtype), k.astype(dtype)
+    p, _ = reference.weights(q.astype(np.float64), k.astype(np.float64))
+    want = reference.stats(p)
+    st = ak.attention_stats(q, k, backend="cpu")
+    assert (st["entropy"] >= 0).all()
+    assert want["entropy"][:20].min() < 1e-6 and want["entropy"][20:].min() > 5.0
+    # absolute accuracy: float32 scores of ~100 carry ~1e-5 of rounding, which peaked rows feel
+    peaked, flat = (2e-5, 2e-6) if dtype == np.float32 else (1e-12, 1e-12)
+    np.testing.assert_allclose(st["entropy"][:20], want["entropy"][:20], rtol=0, atol=peaked)
+    np.testing.assert_allclose(st["entropy"][20:], want["entropy"][20:], rtol=0, atol=flat)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_received_folded_or_in_its_own_pass(rng, monkeypatch, dtype):
+    """Received attention folded into the per-query pass, and (past the memory bounds)
+    in a pass of its own: both match the reference; asking for it alone gives the same
+    bits as asking for everything."""
+    q = rng.standard_normal((2, 3, 150, 16)).astype(dtype)
+    k = rng.standard_normal((2, 3, 520, 16)).astype(dtype)
+    kw = {"mask": ak.masks.local(90) | ak.masks.global_tokens([0, 3]), "causal": True,
+          "kv_lengths": np.array([520, 311]), "q_lengths": np.array([150, 97]), "backend": "cpu"}
+    p, _ = reference.weights(q.astype(np.float64), k.astype(np.float64), **{
+        name: kw[name] for name in ("mask", "causal", "kv_lengths", "q_lengths")})
+    want = reference.stats(p)["received"]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    everything = ak.attention_stats(q, k, topk=2, **kw)
+    folded = everything["received"]
+    assert folded.tobytes() == ak.attention_stats(q, k, stats="received", **kw)["received"].tobytes()
+    # the per-query statistics do not depend on the tiles that keeping rows asks for
+    per_query = ak.attention_stats(q, k, stats=("entropy", "max", "distance"), topk=2, **kw)
+    for name, arr in per_query.items():
+        assert arr.tobytes() == everything[name].tobytes(), name
+    monkeypatch.setattr(cpu_api, "PARTS_BYTES", 0)
+    separate = ak.attention_stats(q, k, **kw)["received"]
+    assert separate.tobytes() == ak.attention_stats(q, k, stats="received", **kw)["received"].tobytes()
+    for got in (folded, separate):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+        assert (got[want == 0] == 0).all()  # keys no query may attend to get exactly 0

@@ -3,7 +3,8 @@
 The CPU counterpart of :mod:`attnkit.kernels.cuda.api`, with the same
 functions: it allocates the outputs, picks the tile sizes and calls the
 kernels of :mod:`.attention` with single-threaded BLAS (the kernels already
-use every core). Nothing is validated here.
+use every core), or their serial copies for a problem of one task. Nothing
+is validated here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import attention as _kernels
+from .gemm import NR
 from .threads import single_threaded_blas
 
 # Tile sizes of the CPU kernels (queries x keys); tuned with interleaved A/B runs
@@ -26,21 +28,34 @@ BLOCK_K = 256
 MIN_TILES = 16
 
 
-class _Kernels:
-    """The CPU kernels for one problem (its score_mod compiled in), run with one BLAS thread."""
+def _kernel(p, name: str, tasks: int):
+    """Kernel ``name`` of :mod:`.attention` for problem ``p``, ready to call.
 
-    def __init__(self, problem) -> None:
-        self._module = (_kernels if problem.score_mod is None
-                        else _kernels.with_score_mod(problem.score_mod))
+    Its score_mod compiled in, if any. ``tasks`` is how many independent
+    pieces (problem x query or key tile) the call splits into: with one there
+    is nothing to run in parallel, and the serial copy of the kernel
+    (:func:`.attention.serial`: same source, same tile code, bit-identical
+    results) saves the parallel launch. Which copy runs depends on the
+    problem's shape only.
 
-    def __getattr__(self, name):
-        kernel = getattr(self._module, name)
+    BLAS is limited to one thread around the call unless the kernel cannot
+    reach it: float32 tiles use the micro-kernels of :mod:`.gemm`, never BLAS
+    (only float64 ``np.dot`` does, and a user score_mod could do anything).
+    """
+    if p.score_mod is not None:
+        kernel = getattr(_kernels.with_score_mod(p.score_mod), name)
+    elif tasks == 1:
+        kernel = getattr(_kernels.serial(), name)
+    else:
+        kernel = getattr(_kernels, name)
+    if p.score_mod is None and p.q.dtype == np.float32:
+        return kernel
 
-        def call(*args):
-            with single_threaded_blas():
-                return kernel(*args)
+    def call(*args):
+        with single_threaded_blas():
+            return kernel(*args)
 
-        return call
+    return call
 
 
 def block_q(problem) -> int:
@@ -52,20 +67,74 @@ def block_q(problem) -> int:
     of threads: results are bit-identical for any thread count.
     """
     rows = BLOCK_Q
-    while rows > 64 and problem.n_problems * -(-problem.n // rows) < MIN_TILES:
+    z, n = problem.n_problems, problem.n
+    while rows > 64 and z * -(-n // rows) < MIN_TILES:
         rows //= 2
     return rows
+
+
+def block_k(problem) -> int:
+    """Keys per tile: :data:`BLOCK_K`, or all the keys in one tile rounded up to whole panels.
+
+    With ``m <= BLOCK_K`` every kernel sees one key tile ``[0, m)`` either way,
+    so the results are the same; the smaller tile only packs (and zero-fills)
+    fewer key panels, which is most of a tiny call's kernel time.
+    """
+    if problem.m >= BLOCK_K:
+        return BLOCK_K
+    return max(NR, -(-problem.m // NR) * NR)
+
+
+#: Most bytes of one query tile's kept rows (rows x m) in the one-pass weights and received
+#: (:func:`slab_rows`): about half an L2 cache of the reference machine, so that the final
+#: rescaling of each tile reads them from there rather than from memory.
+SLAB_BYTES = 1 << 20
+#: Most bytes of the per-query-tile parts of "received" (Z x query tiles x m, float64) that
+#: :func:`stats` keeps to fold it into the pass of the per-query statistics.
+PARTS_BYTES = 64 << 20
+
+
+def slab_rows(problem) -> int:
+    """Query rows per tile for the passes that keep a tile's rows of probabilities (rows x m).
+
+    :func:`block_q`, halved (down to 16) until the rows take at most
+    :data:`SLAB_BYTES`. From the problem's shape only, like :func:`block_q`.
+    """
+    rows = block_q(problem)
+    while rows > 16 and rows * problem.m * problem.q.dtype.itemsize > SLAB_BYTES:
+        rows //= 2
+    return rows
+
+
+def _query_tasks(p, rows: int) -> int:
+    """Tasks of the kernels parallel over (problem, query tile) with ``rows``-row tiles."""
+    return p.n_problems * -(-p.n // rows)
+
+
+def _key_tasks(p, cols: int) -> int:
+    """Tasks of :func:`.attention.key_received` (parallel over key tiles) with ``cols``-key tiles."""
+    return p.n_problems * -(-p.m // cols)
 
 
 def _common(p):
     return (p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux, p.n_heads)
 
 
-def _lse(p, kern) -> np.ndarray:
-    """Log-sum-exp of every query row, (Z, n), in the compute dtype."""
-    lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
-    dummy = np.zeros((1, 1, 1), dtype=p.q.dtype)
-    kern.flash_forward(p.q, p.k, dummy, *_common(p)[2:], False, block_q(p), BLOCK_K, dummy, lse)
+def _forward(p, v, out, rows=None, weights=None):
+    """Run :func:`.attention.flash_forward` and return ``lse`` (Z, n), compute dtype.
+
+    Values go to ``out`` unless ``v`` is None, probabilities to ``weights``
+    if given; ``rows`` defaults to :func:`block_q`.
+    """
+    dtype = p.q.dtype
+    lse = np.empty((p.n_problems, p.n), dtype=dtype)
+    rows = block_q(p) if rows is None else rows
+    dummy = np.empty((1, 1, 1), dtype=dtype)  # never read or written
+    _kernel(p, "flash_forward", _query_tasks(p, rows))(
+        p.q, p.k, dummy if v is None else v, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale,
+        p.ops, p.aux, p.n_heads, v is not None, rows, block_k(p), dummy if out is None else out,
+        lse, weights is not None, dummy if weights is None else weights,
+    )
     return lse
 
 
@@ -75,20 +144,18 @@ def _batched(p, arr):
 
 def attention(p, return_lse: bool):
     """Forward pass: ``out`` (batch..., n, dv) and, optionally, ``lse`` (batch..., n)."""
-    dv = p.v.shape[2]
-    out = np.empty((p.n_problems, p.n, dv), dtype=p.q.dtype)
-    lse = np.empty((p.n_problems, p.n), dtype=p.q.dtype)
-    _Kernels(p).flash_forward(p.q, p.k, p.v, *_common(p)[2:], True, block_q(p), BLOCK_K, out, lse)
-    out = _batched(p, out).astype(p.out_dtype, copy=False)
+    out = np.empty((p.n_problems, p.n, p.v.shape[2]), dtype=p.q.dtype)
+    lse = _forward(p, p.v, out)
+    out = _batched(p, out)
+    if out.dtype != p.out_dtype:
+        out = out.astype(p.out_dtype)
     return (out, _batched(p, lse)) if return_lse else out
 
 
 def weights(p):
-    """Exact probabilities (batch..., n, m) in the compute dtype."""
-    kern = _Kernels(p)
-    lse = _lse(p, kern)
+    """Exact probabilities (batch..., n, m) in the compute dtype, in one pass over the keys."""
     out = np.zeros((p.n_problems, p.n, p.m), dtype=p.q.dtype)
-    kern.exact_weights(*_common(p), lse, block_q(p), BLOCK_K, out)
+    _forward(p, None, None, slab_rows(p), out)
     return _batched(p, out)
 
 
@@ -97,23 +164,44 @@ def stats(p, per_query: bool, topk: int, received: bool) -> dict:
 
     Returns a dict of float64 / int64 arrays, shaped (batch..., n[, topk]) or
     (batch..., m) for "received"; :func:`attnkit.attention_stats` picks from it.
+
+    One online pass over the keys (:func:`.attention.query_stats`) gives the
+    per-query statistics and the log-sum-exp, and folds "received" in (each
+    query tile's parts, summed in order) while those parts take at most
+    :data:`PARTS_BYTES` and a tile's rows at most :data:`SLAB_BYTES`; past
+    that, "received" takes a pass of its own over the queries with that
+    log-sum-exp. Which way depends on the shape only, never on which
+    statistics are asked for, so "received" is the same either way.
     """
-    kern = _Kernels(p)
-    lse = _lse(p, kern).astype(np.float64)
     z, n, m = p.n_problems, p.n, p.m
+    rows = slab_rows(p)
+    fold = (received and rows * m * p.q.dtype.itemsize <= SLAB_BYTES
+            and z * -(-n // rows) * m * 8 <= PARTS_BYTES)
+    if not fold:  # no rows to keep: the usual tiles (the per-query results are the same)
+        rows = block_q(p)
+    tiles = -(-n // rows)
     result: dict[str, np.ndarray] = {}
-    if per_query or topk:
+    if per_query or topk or received:
+        lse = np.empty((z, n))
         entropy, maxprob, distance = (np.empty((z, n)) for _ in range(3))
         argmax = np.empty((z, n), dtype=np.int64)
         top_i = np.empty((z, n, topk), dtype=np.int64)
         top_v = np.empty((z, n, topk))
-        kern.query_stats(*_common(p), lse, block_q(p), BLOCK_K,
-                         entropy, maxprob, argmax, distance, top_i, top_v)
+        parts = np.zeros((z, tiles, m) if fold else (1, 1, 1))
+        _kernel(p, "query_stats", z * tiles)(
+            *_common(p), rows, block_k(p), lse, entropy, maxprob, argmax, distance, top_i, top_v,
+            fold, parts,
+        )
         result.update(entropy=entropy, max=maxprob, argmax=argmax, distance=distance,
                       topk_index=top_i, topk_value=top_v)
-    if received:
+        if fold:  # the parts summed over the query tiles, in order (one tile: the part itself)
+            result["received"] = parts[:, 0] if tiles == 1 else parts.sum(axis=1)
+    if received and not fold:
         result["received"] = np.empty((z, m))
-        kern.key_received(*_common(p), lse, BLOCK_Q, BLOCK_K, result["received"])
+        cols = block_k(p)
+        _kernel(p, "key_received", _key_tasks(p, cols))(
+            *_common(p), lse.astype(p.q.dtype), BLOCK_Q, cols, result["received"],
+        )
     return {name: _batched(p, arr) for name, arr in result.items()}
 
 
@@ -137,8 +225,9 @@ class RowStream:
 
     def __init__(self, problem) -> None:
         self.p = problem
-        self._kern = _Kernels(problem)
-        self._lse = _lse(problem, self._kern).astype(np.float64)
+        self._lse = _forward(problem, None, None).astype(np.float64)
+        self._cols = block_k(problem)
+        self._received = _kernel(problem, "key_received", _key_tasks(problem, self._cols))
 
     def lse(self) -> np.ndarray:
         """(Z, n) float64 natural log-sum-exp; ``-inf`` for rows with no allowed key."""
@@ -155,5 +244,5 @@ class RowStream:
             w = rows[:, r]
             with np.errstate(divide="ignore", invalid="ignore"):
                 shifted = np.where(w > 0, self._lse - np.log(w), np.inf).astype(p.q.dtype)
-            self._kern.key_received(*_common(p), shifted, BLOCK_Q, BLOCK_K, out[r])
+            self._received(*_common(p), shifted, BLOCK_Q, self._cols, out[r])
         return out.transpose(1, 0, 2)

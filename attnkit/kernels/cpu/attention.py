@@ -19,7 +19,9 @@ arguments and allocates the outputs. Conventions shared by every kernel:
 
 Work is split over (problem, query tile) with ``prange``; each output
 element is written by exactly one iteration, so results are bit-identical
-from run to run and for any number of threads. float32 tile products use
+from run to run and for any number of threads. :func:`serial` compiles the
+same source without threads, for calls of one task (bit-identical too: the
+same tile code runs). float32 tile products use
 the register-blocked micro-kernels of :mod:`.gemm` (keys packed once per
 call, values read in place); float64 ones go through BLAS via ``np.dot`` on
 contiguous blocks (zero-copy views of the flat inputs).
@@ -37,6 +39,13 @@ On PARTIAL tiles the mask is also asked about each block of ``MR`` rows x
 ``NR`` keys of the micro-kernels (:func:`.masking.block_spans`); both tile
 products skip the blocks it rules out, which halves the cost of a causal
 mask's diagonal tiles.
+
+Nothing needs the log-sum-exp before its pass over the keys: the exact
+weights are the forward pass storing each tile's ``exp(s - m)`` and
+rescaling the query tile's rows once they are done, and the per-query
+statistics (:func:`query_stats`) are online sums that also give the
+log-sum-exp and, from the kept rows, the attention each key receives.
+Only :func:`key_received` (a pass over the queries) takes a log-sum-exp.
 """
 
 import functools
@@ -45,9 +54,11 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from . import gemm as _gemm
 from .gemm import MR, NR, accumulate_tile, pack_keys, score_exp_tile, score_tile
 from .masking import EMPTY, FULL, PARTIAL, block_spans, mask_tile, tile_state
 from .rowops import add_row, entropy_distance_terms, exp_shifted, row_max
+from .vector_ir import wide_vectors
 
 
 @njit(cache=True, nogil=True)
@@ -61,6 +72,28 @@ def no_score_mod(score, b, h, q_idx, kv_idx):
 # kernels; :func:`with_score_mod` re-jits copies with these rebound.
 score_mod = no_score_mod
 HAS_SCORE_MOD = False
+
+
+@njit(cache=True, nogil=True)
+def _count_nonfinite(x):
+    wide_vectors()
+    bad = 0
+    for i in range(x.shape[0]):
+        v = x[i]
+        bad += (v - v) != 0.0  # 0 for finite v, NaN for NaN and inf
+    return bad
+
+
+@njit(cache=True, nogil=True)
+def count_nonfinite(a, b, c):
+    """How many entries of the 1-d float arrays ``a``, ``b`` and ``c`` are NaN or inf, in all.
+
+    The finiteness check of the attention inputs (:mod:`attnkit._prepare`):
+    vectorised passes without the temporaries of ``np.isfinite(x).all()``,
+    and one call for q, k and v, since a call costs a tiny problem more than
+    the passes.
+    """
+    return _count_nonfinite(a) + _count_nonfinite(b) + _count_nonfinite(c)
 
 
 @njit(cache=True, nogil=True)
@@ -141,6 +174,85 @@ def _fused_online_tile(qs, k, kp, zk, k0, k1, block_k, m_i, l_i, prob, alphas, r
 
 
 @njit(cache=True, nogil=True)
+def _online_row(s_row, m_old, l_old, prob_row):
+    """One query row of an unfused online-softmax tile.
+
+    Exponentiates the row's scores against its new running maximum into
+    ``prob_row`` and returns ``(m_new, l_new, alpha, tile_max)``, where
+    ``alpha = exp(m_old - m_new)`` rescales what earlier tiles accumulated.
+    While nothing has been allowed (``m_new == -inf``) the row gets zero
+    probabilities and alpha 1. NaN scores poison the row.
+    """
+    tile_max = row_max(s_row)
+    # NaN-aware max (builtin max(-inf, nan) is -inf): NaN poisons the row.
+    m_new = tile_max if (tile_max > m_old or tile_max != tile_max) else m_old
+    if m_new == -np.inf:  # everything so far masked
+        prob_row[:] = 0.0
+        return m_new, l_old, 1.0, tile_max
+    alpha = np.exp(m_old - m_new)
+    return m_new, l_old * alpha + exp_shifted(s_row, m_new, prob_row), alpha, tile_max
+
+
+@njit(cache=True, nogil=True)
+def _store_weights(prob, m_i, weights, z, q0, k0, shifts, t):
+    """Copy a tile's ``exp(s - m_i)`` into ``weights`` and remember each row's shift ``m_i``."""
+    wide_vectors()
+    bk = prob.shape[1]
+    for i in range(prob.shape[0]):
+        shifts[i, t] = m_i[i]
+        src = prob[i]
+        dst = weights[z, q0 + i, k0: k0 + bk]
+        for j in range(bk):  # from 0: indices LLVM knows are nonnegative, so it vectorises
+            dst[j] = src[j]
+
+
+@njit(cache=True, nogil=True)
+def _normalise_weights(weights, z, q0, m_i, l_i, shifts, used, block_k, m_len):
+    """Rescale a finished query tile's stored tiles: ``exp(s - shift) * exp(shift - m) / l``.
+
+    Rows with nothing allowed (``l == 0``) hold zeros and are left alone;
+    the factor is computed in float64.
+    """
+    wide_vectors()
+    for i in range(shifts.shape[0]):
+        if l_i[i] == 0.0:
+            continue
+        row = weights[z, q0 + i]
+        for t in range(used.shape[0]):
+            if not used[t]:
+                continue
+            factor = np.exp(np.float64(shifts[i, t]) - np.float64(m_i[i])) / l_i[i]
+            seg = row[t * block_k: min(t * block_k + block_k, m_len)]
+            for j in range(seg.shape[0]):
+                seg[j] = seg[j] * factor
+
+
+@njit(cache=True, nogil=True)
+def _received_from_rows(prob, m_len, m_i, l_i, shifts, used, block_k, received):
+    """``received[j] += sum_i exp(s_ij - lse_i)`` over a finished query tile's kept rows.
+
+    ``prob`` holds row ``i``'s ``exp(s - shifts[i, t])`` at ``[i * m_len:][:m_len]``
+    (key tile ``t`` in its own slot); rows with nothing allowed are skipped and
+    the factors ``exp(shift - m) / l`` are float64, like :func:`_normalise_weights`.
+    """
+    wide_vectors()
+    for i in range(shifts.shape[0]):
+        if l_i[i] == 0.0:
+            continue
+        base = i * m_len
+        for t in range(used.shape[0]):
+            if not used[t]:
+                continue
+            factor = np.exp(np.float64(shifts[i, t]) - np.float64(m_i[i])) / l_i[i]
+            k0 = t * block_k
+            k1 = min(k0 + block_k, m_len)
+            seg = prob[base + k0: base + k1]
+            dst = received[k0:k1]
+            for j in range(seg.shape[0]):
+                dst[j] += factor * seg[j]
+
+
+@njit(cache=True, nogil=True)
 def _tile_view(buf, rows, cols):
     """A C-contiguous (rows, cols) view at the start of a flat buffer."""
     return buf[: rows * cols].reshape(rows, cols)
@@ -149,18 +261,25 @@ def _tile_view(buf, rows, cols):
 @njit(parallel=True, cache=True)
 def flash_forward(
     q, k, v, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
-    with_values, block_q, block_k, out, lse,
+    with_values, block_q, block_k, out, lse, with_weights, weights,
 ):
     """Online-softmax forward pass: ``out`` (Z, n, dv) and ``lse`` (Z, n).
 
-    With ``with_values`` false only ``lse`` is computed (``v`` and ``out`` are
-    ignored): this is the first pass of the exact-weights and stats kernels.
+    With ``with_values`` false ``v`` and ``out`` are ignored. With
+    ``with_weights`` the exact probabilities are also written to ``weights``
+    (Z, n, m), which must arrive zero-filled (skipped tiles, padding and fully
+    masked rows stay 0; otherwise pass a dummy): each tile is stored as it
+    leaves the online softmax, ``exp(s - shift)`` against the row's running
+    maximum at the time, and once the query tile has seen every key its rows
+    are rescaled by ``exp(shift - m) / l`` (float64), i.e. to
+    ``exp(s - lse)``, without a second pass over the scores.
     """
     n_problems = q_map.shape[0]
     n = q.shape[1]
     d = q.shape[2]
     dv = v.shape[2]
     n_qt = (n + block_q - 1) // block_q
+    n_kt = (k.shape[1] + block_k - 1) // block_k
     dt = q.dtype
     kp = pack_keys(k, block_k)
     for task in prange(n_problems * n_qt):
@@ -189,6 +308,8 @@ def flash_forward(
             spans = _span_buffer(valid_q)
             all_started = False  # every row has a finite running maximum
             m_len = kv_len[z]
+            shifts = np.empty((valid_q if with_weights else 0, n_kt), dtype=dt)
+            used = np.zeros(n_kt if with_weights else 0, dtype=np.bool_)
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
                 state = tile_state(ops, aux, q0, q0 + valid_q, k0, k1)
@@ -201,20 +322,14 @@ def flash_forward(
                                                alphas, red, tmax, tsum)):
                     if with_values:
                         accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, None)
+                    if with_weights:
+                        _store_weights(prob, m_i, weights, z, q0, k0, shifts, k0 // block_k)
+                        used[k0 // block_k] = True
                     continue
                 s = _tile_view(s_buf, valid_q, bk)
                 _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux, spans)
                 for i in range(valid_q):
-                    tile_max = row_max(s[i])
-                    # NaN-aware max (builtin max(-inf, nan) is -inf): NaN poisons the row.
-                    m_new = tile_max if (tile_max > m_i[i] or tile_max != tile_max) else m_i[i]
-                    if m_new == -np.inf:  # everything so far masked
-                        prob[i, :] = 0.0
-                        alphas[i] = 1.0
-                        continue
-                    alphas[i] = np.exp(m_i[i] - m_new)
-                    l_i[i] = l_i[i] * alphas[i] + exp_shifted(s[i], m_new, prob[i])
-                    m_i[i] = m_new
+                    m_i[i], l_i[i], alphas[i], _ = _online_row(s[i], m_i[i], l_i[i], prob[i])
                 all_started = True
                 for i in range(valid_q):
                     if m_i[i] == -np.inf or m_i[i] != m_i[i]:
@@ -223,6 +338,11 @@ def flash_forward(
                     accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, spans)
                 elif with_values:
                     accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, None)
+                if with_weights:
+                    _store_weights(prob, m_i, weights, z, q0, k0, shifts, k0 // block_k)
+                    used[k0 // block_k] = True
+            if with_weights:
+                _normalise_weights(weights, z, q0, m_i, l_i, shifts, used, block_k, m_len)
         for i in range(bq):
             if l_i[i] == 0.0:  # fully masked (a NaN sum must not land here)
                 lse[z, q0 + i] = -np.inf
@@ -235,50 +355,6 @@ def flash_forward(
                     inv = 1.0 / l_i[i]
                     for c in range(dv):
                         out[z, q0 + i, c] = acc[i, c] * inv
-
-
-@njit(parallel=True, cache=True)
-def exact_weights(
-    q, k, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
-    lse, block_q, block_k, out,
-):
-    """Exact probabilities ``exp(score - lse)`` into ``out`` (Z, n, m).
-
-    ``out`` must arrive zero-filled: skipped tiles, padding and fully masked
-    rows are left at zero.
-    """
-    n_problems = q_map.shape[0]
-    n = q.shape[1]
-    d = q.shape[2]
-    n_qt = (n + block_q - 1) // block_q
-    dt = q.dtype
-    kp = pack_keys(k, block_k)
-    for task in prange(n_problems * n_qt):
-        z = task // n_qt
-        q0 = (task % n_qt) * block_q
-        zq = q_map[z]
-        zk = kv_map[z]
-        valid_q = min(q0 + block_q, n, q_len[z]) - q0
-        if valid_q <= 0:
-            continue
-        qs = np.empty((valid_q, d), dtype=dt)
-        _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
-        s_buf = np.empty(valid_q * block_k, dtype=dt)
-        spans = _span_buffer(valid_q)
-        m_len = kv_len[z]
-        for k0 in range(0, m_len, block_k):
-            k1 = min(k0 + block_k, m_len)
-            state = tile_state(ops, aux, q0, q0 + valid_q, k0, k1)
-            if state == EMPTY:
-                continue
-            s = _tile_view(s_buf, valid_q, k1 - k0)
-            _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, z // n_heads, z % n_heads,
-                        q0, ops, aux, spans)
-            for i in range(valid_q):
-                row_lse = lse[z, q0 + i]
-                if row_lse == -np.inf:
-                    continue
-                exp_shifted(s[i], row_lse, out[z, q0 + i, k0:k1])
 
 
 @njit(cache=True, nogil=True)
@@ -305,21 +381,39 @@ def _insert_topk(row, k0, top_v, top_i):
 @njit(parallel=True, cache=True)
 def query_stats(
     q, k, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
-    lse, block_q, block_k,
-    entropy, maxprob, argmax, distance, topk_index, topk_value,
+    block_q, block_k, lse, entropy, maxprob, argmax, distance, topk_index, topk_value,
+    with_received, received_parts,
 ):
-    """Per-query statistics from exact probabilities, one tile at a time.
+    """Per-query statistics in one online-softmax pass over the keys (no log-sum-exp first).
 
-    Writes, for every (z, query): entropy ``-sum p log p`` (nats), the largest
-    probability and its key (first on ties, -1 for masked rows), the mean
-    attention distance ``sum p |i - j|``, and the ``topk_index.shape[2]``
-    most attended keys (descending; index -1 / value 0 where fewer exist).
+    Writes, for every (z, query): ``lse`` (float64 log-sum-exp, ``-inf`` for
+    masked rows), the entropy ``-sum p log p`` (nats), the largest probability
+    and its key (first on ties, -1 for masked rows), the mean attention
+    distance ``sum p |i - j|``, and the ``topk_index.shape[2]`` most attended
+    keys (descending; index -1 / value 0 where fewer exist).
+
+    Each row keeps, next to its running maximum ``m`` and sum
+    ``l = sum exp(s - m)``, the sums ``E = sum exp(s - m) (m - s)`` and
+    ``D = sum exp(s - m) |i - j|``, rescaled with ``l`` when ``m`` rises
+    (``E`` also gains ``(m_new - m_old) l``); at the end ``lse = m + log l``,
+    the entropy is ``log l + E / l`` (two nonnegative terms: no cancellation)
+    and the distance ``D / l``. The maximum and the top-k are kept as scores
+    and turned into probabilities ``exp(s - lse)`` at the end (float64).
+
+    With ``with_received``, the attention each key receives from the query
+    tile's rows is added to ``received_parts[z, tile]`` (float64, (Z, query
+    tiles, m), zero-filled; a dummy otherwise): the tile's ``exp(s - m)`` rows
+    are kept (``block_q x m`` scratch per task) and, once their ``lse`` is
+    known, summed over the rows with the factors ``exp(shift - m) / l`` (as
+    in :func:`_normalise_weights`). Summing the parts over the tiles, in
+    order, gives ``received`` without a second pass over the scores.
     """
     n_problems = q_map.shape[0]
     n = q.shape[1]
     d = q.shape[2]
     topk = topk_index.shape[2]
     n_qt = (n + block_q - 1) // block_q
+    n_kt = (k.shape[1] + block_k - 1) // block_k
     dt = q.dtype
     kp = pack_keys(k, block_k)
     for task in prange(n_problems * n_qt):
@@ -330,19 +424,24 @@ def query_stats(
         q1 = min(q0 + block_q, n)
         bq = q1 - q0
         valid_q = min(q1, q_len[z]) - q0
+        m_len = kv_len[z]
+        m_i = np.full(bq, -np.inf, dtype=dt)
+        l_i = np.zeros(bq, dtype=np.float64)
         ent = np.zeros(bq, dtype=np.float64)
         dist = np.zeros(bq, dtype=np.float64)
-        best = np.zeros(bq, dtype=np.float64)
+        best = np.full(bq, -np.inf, dtype=np.float64)
         best_at = np.full(bq, -1, dtype=np.int64)
-        top_v = np.zeros((bq, topk), dtype=np.float64)
+        top_s = np.full((bq, topk), -np.inf, dtype=np.float64)
         top_i = np.full((bq, topk), -1, dtype=np.int64)
         if valid_q > 0:
             qs = np.empty((valid_q, d), dtype=dt)
             _load_scaled_queries(q, zq, q0, q0 + valid_q, scale, qs)
             s_buf = np.empty(valid_q * block_k, dtype=dt)
             spans = _span_buffer(valid_q)
-            prob = np.empty(block_k, dtype=dt)
-            m_len = kv_len[z]
+            # exp(s - m) rows: one tile's worth, or all of them (valid_q x m_len) to keep
+            prob = np.empty(valid_q * m_len if with_received else block_k, dtype=dt)
+            shifts = np.empty((valid_q if with_received else 0, n_kt), dtype=dt)
+            used = np.zeros(n_kt if with_received else 0, dtype=np.bool_)
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
                 state = tile_state(ops, aux, q0, q0 + valid_q, k0, k1)
@@ -351,35 +450,67 @@ def query_stats(
                 s = _tile_view(s_buf, valid_q, k1 - k0)
                 _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, z // n_heads,
                             z % n_heads, q0, ops, aux, spans)
-                bk = k1 - k0
-                row = prob[:bk]
+                if with_received:
+                    used[k0 // block_k] = True
                 for i in range(valid_q):
-                    row_lse = lse[z, q0 + i]
-                    if row_lse == -np.inf:
+                    m_old = m_i[i]
+                    l_old = l_i[i]
+                    if with_received:
+                        row = prob[i * m_len + k0: i * m_len + k1]
+                    else:
+                        row = prob[: k1 - k0]
+                    m_new, l_new, alpha, tile_max = _online_row(s[i], m_old, l_old, row)
+                    if with_received:
+                        shifts[i, k0 // block_k] = m_new
+                    if m_new == -np.inf:  # nothing allowed so far
                         continue
-                    exp_shifted(s[i], row_lse, row)
-                    ent_part, dist_part = entropy_distance_terms(row, s[i], row_lse, q0 + i - k0)
-                    ent[i] += ent_part
-                    dist[i] += dist_part
-                    # Strictly larger than earlier tiles' best, then the first
-                    # key holding it: the first maximum over the whole row.
-                    top = np.float64(row_max(row))
+                    ent_part, dist_part = entropy_distance_terms(row, s[i], m_new, q0 + i - k0)
+                    if l_old == 0.0:  # first mass of the row (m_old may be -inf)
+                        ent[i] = ent_part
+                        dist[i] = dist_part
+                    else:
+                        a = np.float64(alpha)
+                        ent[i] = a * (ent[i] + (np.float64(m_new) - np.float64(m_old)) * l_old) \
+                            + ent_part
+                        dist[i] = a * dist[i] + dist_part
+                    m_i[i] = m_new
+                    l_i[i] = l_new
+                    # Strictly above earlier tiles' best, then the first key holding
+                    # it: the first maximum over the whole row.
+                    top = np.float64(tile_max)
                     if top > best[i]:
                         j = 0
-                        while np.float64(row[j]) != top:
+                        while np.float64(s[i, j]) != top:
                             j += 1
                         best[i] = top
                         best_at[i] = k0 + j
                     if topk > 0:
-                        _insert_topk(row, k0, top_v[i], top_i[i])
+                        _insert_topk(s[i], k0, top_s[i], top_i[i])
+            if with_received:
+                _received_from_rows(prob, m_len, m_i, l_i, shifts, used, block_k,
+                                    received_parts[z, task % n_qt])
         for i in range(bq):
-            entropy[z, q0 + i] = max(ent[i], 0.0)
-            distance[z, q0 + i] = dist[i]
-            maxprob[z, q0 + i] = best[i]
+            if l_i[i] == 0.0:  # padding or nothing allowed (a NaN sum must not land here)
+                lse[z, q0 + i] = -np.inf
+                entropy[z, q0 + i] = 0.0
+                distance[z, q0 + i] = 0.0
+                maxprob[z, q0 + i] = 0.0
+                argmax[z, q0 + i] = -1
+                for t in range(topk):
+                    topk_value[z, q0 + i, t] = 0.0
+                    topk_index[z, q0 + i, t] = -1
+                continue
+            log_l = np.log(l_i[i])
+            row_lse = np.float64(m_i[i]) + log_l
+            lse[z, q0 + i] = row_lse
+            entropy[z, q0 + i] = max(log_l + ent[i] / l_i[i], 0.0)
+            distance[z, q0 + i] = dist[i] / l_i[i]
+            maxprob[z, q0 + i] = np.exp(best[i] - row_lse) if best_at[i] >= 0 else 0.0
             argmax[z, q0 + i] = best_at[i]
             for t in range(topk):
-                topk_value[z, q0 + i, t] = top_v[i, t]
                 topk_index[z, q0 + i, t] = top_i[i, t]
+                topk_value[z, q0 + i, t] = np.exp(top_s[i, t] - row_lse) if top_i[i, t] >= 0 \
+                    else 0.0
 
 
 @njit(parallel=True, cache=True)
@@ -387,10 +518,16 @@ def key_received(
     q, k, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
     lse, block_q, block_k, received,
 ):
-    """Attention received by each key, ``sum_i p[i, j]``, into ``received`` (Z, m).
+    """Attention received by each key, ``sum_i exp(s[i, j] - lse[i])``, into ``received`` (Z, m).
 
-    Parallel over key tiles, so every column sum is accumulated by one
-    iteration in a fixed order (deterministic, no per-thread buffers).
+    ``lse`` (Z, n) is in the compute dtype; rows whose ``lse`` is ``-inf``
+    (nothing allowed) or ``+inf`` add nothing. Parallel over key tiles, so
+    every column sum is accumulated by one iteration in a fixed order
+    (deterministic, no per-thread buffers). FULL tiles take the fused
+    exponential of :func:`.gemm.score_exp_tile` (the scores never leave the
+    registers); there, terms below ``exp(-86)`` (~4e-38) come out as
+    ``exp(-86)`` rather than 0. A tile where some score exceeds its row's
+    shift by more than :data:`REDO_ABOVE` is redone unfused.
     """
     n_problems = q_map.shape[0]
     m = k.shape[1]
@@ -412,6 +549,10 @@ def key_received(
             s_buf = np.empty(block_q * bk, dtype=dt)
             spans = _span_buffer(block_q)
             prob = np.empty(bk, dtype=dt)
+            shift_buf = np.empty(block_q, dtype=dt)
+            red = np.empty(32 * block_q, dtype=dt)
+            tmax = np.empty(block_q, dtype=dt)
+            tsum = np.empty(block_q, dtype=dt)
             n_valid = q_len[z]
             for q0 in range(0, n_valid, block_q):
                 q1 = min(q0 + block_q, n_valid)
@@ -422,19 +563,44 @@ def key_received(
                 qv = _tile_view(qs.reshape(-1), bq, d)
                 _load_scaled_queries(q, zq, q0, q1, scale, qv)
                 s = _tile_view(s_buf, bq, bk)
+                shift = shift_buf[:bq]
+                for i in range(bq):
+                    shift[i] = lse[z, q0 + i]
+                fused = not HAS_SCORE_MOD and state == FULL
+                if fused:
+                    score_exp_tile(qv, k, kp, zk, k0, valid_k1, block_k, shift, s, red, tmax, tsum)
+                    for i in range(bq):
+                        if tmax[i] - shift[i] > REDO_ABOVE:
+                            fused = False
+                if fused:  # s holds the probabilities
+                    for i in range(bq):
+                        if shift[i] != -np.inf and shift[i] != np.inf:
+                            add_row(col[:bk], s[i])
+                    continue
                 _score_tile(qv, k, kp, zk, k0, valid_k1, block_k, s, state, z // n_heads,
                             z % n_heads, q0, ops, aux, spans)
                 for i in range(bq):
-                    row_lse = lse[z, q0 + i]
-                    if row_lse == -np.inf:
+                    if shift[i] == -np.inf or shift[i] == np.inf:
                         continue
-                    exp_shifted(s[i], row_lse, prob)
+                    exp_shifted(s[i], shift[i], prob)
                     add_row(col[:bk], prob[:bk])
         for j in range(k1 - k0):
             received[z, k0 + j] = col[j]
 
 
-_KERNELS = ("_score_tile", "flash_forward", "exact_weights", "query_stats", "key_received")
+_KERNELS = ("_score_tile", "flash_forward", "query_stats", "key_received")
+#: The kernels that split their work with ``prange`` (see :func:`serial`).
+_PARALLEL = ("flash_forward", "query_stats", "key_received")
+
+
+def _recompile(original, namespace, name, **options):
+    """``original``'s Python source compiled again, reading its globals from ``namespace``."""
+    py = original.py_func
+    clone = types.FunctionType(py.__code__, namespace, name, py.__defaults__)
+    clone.__qualname__ = name  # names the disk cache of a cached copy: never the original's
+    options = {**{k: v for k, v in original.targetoptions.items()
+                  if k not in ("cache", "nopython")}, **options}
+    return njit(**options)(clone)
 
 
 @functools.lru_cache(maxsize=32)
@@ -449,9 +615,25 @@ def with_score_mod(fn):
     namespace["score_mod"] = fn
     namespace["HAS_SCORE_MOD"] = True
     for name in _KERNELS:
-        original = globals()[name]
-        py = original.py_func
-        clone = types.FunctionType(py.__code__, namespace, py.__name__, py.__defaults__)
-        options = {k: v for k, v in original.targetoptions.items() if k not in ("cache", "nopython")}
-        namespace[name] = njit(**options)(clone)
+        namespace[name] = _recompile(globals()[name], namespace, name)
+    return types.SimpleNamespace(**{name: namespace[name] for name in _KERNELS})
+
+
+@functools.lru_cache(maxsize=1)
+def serial():
+    """The kernels of this module (no score_mod) compiled from the same source without threads.
+
+    ``prange`` runs as ``range`` (and :func:`.gemm.pack_keys` likewise), so a
+    call starts no parallel region: for a problem of one task the parallel
+    launch would cost more than the work. Every output element goes through
+    the same tile code in the same order as in the parallel kernels, so the
+    results are bit-identical to theirs. Cached on disk under their own names
+    (``flash_forward_serial``, ...); their globals never change.
+    """
+    namespace = dict(globals())
+    namespace["pack_keys"] = _recompile(pack_keys, vars(_gemm), "pack_keys_serial",
+                                        parallel=False, cache=True)
+    for name in _PARALLEL:
+        namespace[name] = _recompile(globals()[name], namespace, f"{name}_serial",
+                                     parallel=False, cache=True)
     return types.SimpleNamespace(**{name: namespace[name] for name in _KERNELS})
