@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._common import UserError, progress_quiet_option, user_errors
+from ._common import DatasetPath, UserError, progress_quiet_option, user_errors
 
 
 def read_sentences(path: str) -> list[str]:
@@ -89,7 +89,7 @@ def is_image_model(model) -> bool:
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True, type=DatasetPath())
 @click.option("-o", "--output", type=click.Path(), required=True,
               help="Dataset to write: .nc (netCDF4) or .zarr.")
 @click.option("--model", "model_name", type=click.Choice(MODELS), default="minilm",
@@ -133,7 +133,7 @@ def compute(inputs, output, model_name, batch_size, max_length, no_position_embe
     Example:
       attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc
       attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc --gradients
-      attnkit compute --model saliency-vit datasets/vision/images -o out/vision.nc
+      attnkit compute --model saliency-vit vision_images -o out/vision.nc
     """
     import attnkit as ak
 

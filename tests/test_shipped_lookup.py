@@ -23,8 +23,15 @@ def test_every_shipped_name_is_a_file_in_the_repository_datasets_folder():
     assert ak.datasets.folder().resolve() == (REPO / "datasets").resolve()
     for row in ak.datasets.describe():
         file = ak.datasets.path(row["name"])
-        assert file.is_file() and str(file) == row["file"]
-        assert row["size_mb"] == pytest.approx(file.stat().st_size / 1e6, abs=0.06)
+        assert str(file) == row["file"]
+        if row["kind"] == "images":
+            images = sorted(file.glob("*.jpg"))
+            assert len(images) == 8 and file.is_dir()
+            size = sum(f.stat().st_size for f in images)
+        else:
+            assert file.is_file()
+            size = file.stat().st_size
+        assert row["size_mb"] == pytest.approx(size / 1e6, abs=0.06)
     assert ak.datasets.path() == ak.datasets.path("minilm") == REPO / "datasets/minilm/minilm.nc"
 
 
@@ -33,7 +40,7 @@ def test_every_shipped_attention_dataset_opens_and_validates():
         if row["kind"] == "dataset":
             ds = ak.datasets.open(row["name"])
             ak.validate(ds)
-            assert ds.sizes["sample"] >= 20
+            assert ds.sizes["sample"] >= 3
     with np.load(ak.datasets.path("planted_heads")) as tensors:
         assert set(tensors.files) >= {"q", "k", "v"}
 
@@ -105,8 +112,10 @@ def test_an_installed_wheel_carries_the_datasets_and_finds_them(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         packaged = set(archive.namelist())
     for row in ak.datasets.describe():
-        relative = Path(row["file"]).relative_to(ak.datasets.folder()).as_posix()
-        assert f"attnkit_datasets/{relative}" in packaged
+        file = Path(row["file"])
+        for one in sorted(file.glob("*.jpg")) if file.is_dir() else [file]:
+            relative = one.relative_to(ak.datasets.folder()).as_posix()
+            assert f"attnkit_datasets/{relative}" in packaged, relative
     subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(target)}

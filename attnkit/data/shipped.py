@@ -17,7 +17,7 @@ Examples
 --------
 >>> import attnkit as ak
 >>> ak.datasets.names()
-('minilm', 'minilm_classic_qk', 'planted', 'planted_heads')
+('minilm', 'minilm_classic_qk', 'planted', 'planted_heads', 'vision', 'vision_images')
 >>> ak.datasets.path("minilm").name
 'minilm.nc'
 """
@@ -46,7 +46,7 @@ class ShippedDataset:
 
     name: str
     relative_path: str
-    kind: str  # "dataset" (schema-1 attention dataset) or "tensors" (q/k/v .npz for attend)
+    kind: str  # "dataset" (schema-1), "tensors" (q/k/v .npz for attend), "images" (a folder)
     description: str
 
 
@@ -60,6 +60,12 @@ _SHIPPED = (
                    "synthetic attention with planted head roles (48 samples, 4 layers x 6 heads)"),
     ShippedDataset("planted_heads", "demo/planted_heads.npz", "tensors",
                    "q, k, v of 4 heads with planted behaviour, for `attnkit attend`"),
+    ShippedDataset("vision", "vision/vision.nc", "dataset",
+                   "the SaliencyViT (DINOv2 ViT-S/14) on 3 photographs: attention, saliency, "
+                   "occlusion impacts and attributions per patch"),
+    ShippedDataset("vision_images", "vision/images", "images",
+                   "8 photographs from scikit-image and matplotlib (JPEG), for "
+                   "`attnkit compute --model saliency-vit`"),
 )
 _BY_NAME = {entry.name: entry for entry in _SHIPPED}
 
@@ -165,7 +171,10 @@ def describe() -> list[dict]:
     rows = []
     for entry in _SHIPPED:
         file = base / entry.relative_path
-        size = file.stat().st_size / 1e6 if file.exists() else float("nan")
+        if file.is_dir():
+            size = sum(f.stat().st_size for f in file.iterdir() if f.is_file()) / 1e6
+        else:
+            size = file.stat().st_size / 1e6 if file.exists() else float("nan")
         rows.append({"name": entry.name, "kind": entry.kind, "file": str(file),
                      "size_mb": round(size, 1), "description": entry.description})
     return rows
