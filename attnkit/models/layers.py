@@ -95,7 +95,7 @@ def _matmul(x, w, b=None):
     out = np.empty((rows.shape[0], w.shape[1]), rows.dtype)
     bias = np.zeros(0, rows.dtype) if b is None else np.asarray(b, rows.dtype)
     with single_threaded_blas():
-        kernels.linear(rows, w, bias, out)
+        kernels.linear(rows, w, bias, out, kernels.row_block(rows.shape[0]))
     return out.reshape(x.shape[:-1] + (w.shape[1],))
 
 

@@ -15,9 +15,10 @@ of 8 (the shipped photographs, preprocessed by ``vit.preprocess``), float32:
 * ``occlusion``: ``ak.ablate(vit, pixels, method="mask")`` on all 256 patches
   of one image (batches of 16), and ``key_mask`` likewise.
 
-The peers alternate repeat by repeat in one process (onnxruntime's threads
-spin between calls, so its turn always follows attnkit's, never precedes it,
-and a short sleep separates them); times are medians. Goals: attnkit forward
+The peers alternate repeat by repeat in one process, a short sleep between
+turns; onnxruntime's thread pool is told not to spin between runs
+(``session.intra_op.allow_spinning = 0``), else it takes the cores attnkit's
+next turn needs. Times are medians. Goals: attnkit forward
 at least 0.8x onnxruntime's speed (``onnxruntime / attnkit >= 0.8``) and
 forward + backward at most 3x the forward with weights.
 
@@ -88,6 +89,9 @@ def main(argv=None) -> None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Its pool spins between runs by default, taking the cores attnkit's next turn needs
+        # (forward times doubled in one process); off, each peer gets the machine to itself.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(_onnx_weights.onnx_path()), options,
                                        providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
