@@ -205,7 +205,6 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
     >>> bool(a.attrs["completeness_relative_error"] < 0.05)
     True
     """
-    import xarray as xr
 
     from ._progress import progress_bar
     from .models import _target
@@ -253,20 +252,37 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
             advance(len(index))
 
     attrs = {"target": _target.describe(target), "readout": str(getattr(model, "readout", ""))}
+    tokens = None
+    if ds is not None and "token" in ds.variables:
+        tokens = ds["token"].values
+    elif hasattr(model, "id_to_token"):
+        tokens = np.full((len(ids), n_pos), "", dtype=object)
+        for i, s in enumerate(ids):
+            tokens[i, : s.size] = model.id_to_token(s)
+    return attribution_array(out, method, methods, attrs, tokens,
+                             completeness=completeness, baseline=baseline, steps=steps)
+
+
+def attribution_array(out, method, methods, attrs, tokens, *, completeness, baseline, steps):
+    """The result of :func:`attribute` (text and image models alike).
+
+    ``out`` (sample, position, method) scores, ``tokens`` (sample, position) or
+    None; integrated gradients adds its baseline, steps and the largest
+    ``completeness`` errors (a list of (absolute, relative) pairs) to ``attrs``.
+    One method given as a str gives (sample, position) with its name in the attrs.
+    """
+    import xarray as xr
+
+    attrs = dict(attrs)
     if "integrated_gradients" in methods:
         attrs.update({"baseline": baseline, "steps": steps,
                       "completeness_error": float(max(e[0] for e in completeness)),
                       "completeness_relative_error": float(max(e[1] for e in completeness))})
     coords = {METHOD_DIM: list(methods)}
-    if ds is not None and "token" in ds.variables:
-        coords["token"] = (("sample", "position"), ds["token"].values)
-    elif hasattr(model, "id_to_token"):
-        tokens = np.full((len(ids), n_pos), "", dtype=object)
-        for i, s in enumerate(ids):
-            tokens[i, : s.size] = model.id_to_token(s)
+    if tokens is not None:
         coords["token"] = (("sample", "position"), tokens)
     result = xr.DataArray(out, dims=("sample", "position", METHOD_DIM), coords=coords,
                           name="attribution", attrs=attrs)
-    if isinstance(method, str):  # one method: (sample, position), its name in the attrs
+    if isinstance(method, str):
         return result.isel({METHOD_DIM: 0}, drop=True).assign_attrs(method=method)
     return result

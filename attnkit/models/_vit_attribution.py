@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..attribution import IMAGE_ATTRIBUTION_METHODS, METHOD_DIM
+from ..attribution import IMAGE_ATTRIBUTION_METHODS, attribution_array
 from ..errors import method_names, positive_int, value_error
 
 __all__ = ["attribute", "IMAGE_METHODS", "IMAGE_BASELINES", "MAX_BATCH"]
@@ -119,7 +119,6 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
     ``method`` (one method) and, for integrated gradients, ``baseline``,
     ``steps``, ``completeness_error`` and ``completeness_relative_error``.
     """
-    import xarray as xr
 
     from .._progress import progress_bar
     from .saliency_vit import check_target_map, describe_target, input_pixels
@@ -172,18 +171,9 @@ def attribute(model, inputs, *, method="input_x_gradient", target="self", baseli
 
     attrs = {"target": describe_target(target), "readout": str(model.readout),
              "grid": np.array([rows, cols], np.int64)}
-    if "integrated_gradients" in methods:
-        attrs.update({"baseline": baseline, "steps": steps,
-                      "completeness_error": float(max(e[0] for e in completeness)),
-                      "completeness_relative_error": float(max(e[1] for e in completeness))})
-    coords = {METHOD_DIM: list(methods)}
     if ds is not None and "token" in ds.variables:
-        coords["token"] = (("sample", "position"), ds["token"].values)
+        tokens = ds["token"].values
     else:
-        coords["token"] = (("sample", "position"),
-                           np.array([model.tokens(rows, cols)] * count, dtype=object))
-    result = xr.DataArray(out, dims=("sample", "position", METHOD_DIM), coords=coords,
-                          name="attribution", attrs=attrs)
-    if isinstance(method, str):
-        return result.isel({METHOD_DIM: 0}, drop=True).assign_attrs(method=method)
-    return result
+        tokens = np.array([model.tokens(rows, cols)] * count, dtype=object)
+    return attribution_array(out, method, methods, attrs, tokens,
+                             completeness=completeness, baseline=baseline, steps=steps)
