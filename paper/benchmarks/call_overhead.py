@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import os
 
-# Before NumPy (and its OpenBLAS) is imported: this process only.
-_UNSET = {name: os.environ.pop(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-          if name in os.environ}
+# Before NumPy (and its OpenBLAS) is imported: this process only (and its workers).
+from benchenv import environment_unset, write_atomic  # noqa: E402
 
 import argparse
 import json
@@ -246,18 +245,13 @@ def main() -> None:
         "calls_per_block": args.calls,
         "wall_s": time.time() - started,
         "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
-        "environment_unset": {"variables": sorted(_UNSET), "note": (
-            "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are removed from this process's "
-            "environment before NumPy is imported (the ones listed were set)")},
+        "environment_unset": environment_unset(),
         "machine": machine(),
         "records": records,
         "breakdown_1x1x16x64": parts,
         "summary_ratio_to_torch_sdpa": summary,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.output)
+    write_atomic(args.output, json.dumps(result, indent=1))
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.output}")
 

@@ -51,9 +51,8 @@ from __future__ import annotations
 
 import os
 
-# Before NumPy (and its OpenBLAS) is imported: this process and its workers only.
-_UNSET = {name: os.environ.pop(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-          if name in os.environ}
+# Before NumPy (and its OpenBLAS) is imported: this process only (and its workers).
+from benchenv import environment_unset, write_atomic  # noqa: E402
 
 import argparse
 import gc
@@ -703,9 +702,7 @@ def main() -> None:
         "rounds": rounds,
         "wall_s": time.time() - started,
         "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
-        "environment_unset": {"variables": sorted(_UNSET), "note": (
-            "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are removed from this process's "
-            "environment (and its workers') before NumPy is imported; the ones listed were set")},
+        "environment_unset": environment_unset(),
         "machine": machine(infos, args.threads),
         "flops_formula": "4*B*H*n*m*d forward (m = n), half of it for causal",
         "tolerance_rel": TOLERANCE,
@@ -714,12 +711,8 @@ def main() -> None:
         "records": records,
     }
     result["summary"] = summarise(records, torch_note)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((args.output, json.dumps(result, indent=1)),
-                       (args.output.with_suffix(".md"), render_markdown(result))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_atomic(args.output, json.dumps(result, indent=1))
+    write_atomic(args.output.with_suffix(".md"), render_markdown(result))
     print(json.dumps(result["summary"], indent=1))
     print(f"wrote {args.output} and {args.output.with_suffix('.md').name}")
 

@@ -33,8 +33,7 @@ from __future__ import annotations
 import os
 
 # NumPy's BLAS reads these at import: unset them in this process only (never in tests/CI).
-REMOVED_ENV = {name: os.environ.pop(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-               if name in os.environ}
+from benchenv import environment_unset, write_atomic  # noqa: E402
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -99,7 +98,7 @@ def main(argv=None) -> None:
     record = {
         "benchmark": "vision", "machine": platform.machine(), "processor": platform.processor(),
         "numba_threads": threads, "onnxruntime": None if ort is None else ort.__version__,
-        "removed_env": REMOVED_ENV, "cases": {},
+        "environment_unset": environment_unset(), "cases": {},
         "load_average_start": os.getloadavg()[0],
     }
     for label, files in batches.items():
@@ -143,10 +142,7 @@ def main(argv=None) -> None:
             label: case["backward_over_forward_weights"] <= 3
             for label, case in record["cases"].items()},
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(args.output)
+    write_atomic(args.output, json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 
