@@ -17,15 +17,18 @@ from ._version import __version__
 from .ablation import ablate
 from .attribution import ATTRIBUTION_METHODS, attribute
 from .attention import STAT_NAMES, attention, attention_stats, attention_weights
+from .baselines import baseline_scores
 from .correlate import compare_correlations, correlate
 from .data import shipped as datasets
 from .data import (SCHEMA_VERSION, from_arrays, from_hf_attentions, importers, open_dataset,
                    save_dataset, validate)
 from .errors import AttnkitError, BackendUnavailableError, WeightsTooLargeError
 from .equivariance import check_equivariance
+from .faithfulness import faithfulness, perturbation_curve
 from .flow import attention_flow
 from .options import get_options, set_options
 from .patches import patch_grid, patch_maps
+from .pvalues import adjust_pvalues
 from .rollout import augmented_attention, grad_rollout, rollout, rollout_rows
 from .scores import SCORE_KINDS, attention_scores
 from .sinks import attention_sinks
@@ -77,5 +80,9 @@ __all__ = [
     "SCORE_KINDS",
     "correlate",
     "compare_correlations",
+    "adjust_pvalues",
+    "baseline_scores",
+    "faithfulness",
+    "perturbation_curve",
     "view",
 ]
