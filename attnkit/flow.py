@@ -21,7 +21,7 @@ import numpy as np
 from . import errors
 from ._attn_input import apply_to_xarray, as_lengths, attention_and_lengths, is_xarray
 
-__all__ = ["attention_flow"]
+__all__ = ["attention_flow", "readout_flow"]
 
 
 def _sources(sources, n: int) -> np.ndarray:
@@ -62,6 +62,62 @@ def _flow_numpy(attn, *, sources, lengths, head_fusion, residual, discard_ratio,
     if flat.size and src.size:
         kernels.attention_flow(flat, lens, src, normalize, out)
     return out.reshape(batch_shape + (n, n))
+
+
+def readout_flow(aug, weights, lengths, *, normalize=True):
+    """Flow from a super-source over the top outputs to every input, through each layer prefix.
+
+    The super-source feeds top node ``i`` through an edge of capacity
+    ``weights[s, i]`` (Abnar & Zuidema's flow from one output is a one-hot
+    row); it is solved as one more layer on top of the network, whose rows all
+    equal ``weights[s]``, by the same exact max-flow kernel.
+
+    Parameters
+    ----------
+    aug : array (sample, layer, n, n)
+        Augmented attention (:func:`attnkit.augmented_attention`).
+    weights : array (sample, n)
+        Non-negative capacities into the top outputs (0 past each length).
+    lengths : array of int (sample,)
+    normalize : bool
+        Divide each sample's flows by their sum (as :func:`attention_flow`).
+
+    Returns
+    -------
+    numpy.ndarray (sample, layer, n)
+        ``out[:, l]``: flows through layers ``0..l``; NaN past each length.
+
+    Examples
+    --------
+    >>> import numpy as np, attnkit as ak
+    >>> from attnkit.flow import readout_flow
+    >>> a = np.zeros((1, 2, 1, 3, 3))
+    >>> a[0, :, 0] = [[1, 0, 0], [1, 0, 0], [0, 0.5, 0.5]]
+    >>> aug = ak.augmented_attention(a)
+    >>> one_hot = readout_flow(aug, np.array([[0.0, 0.0, 1.0]]), [3], normalize=False)
+    >>> one_hot[0, 1]                    # = attention_flow(a, sources=[2])[2]
+    array([0.25, 0.5 , 0.75])
+    >>> readout_flow(aug, np.full((1, 3), 1 / 3), [3])[0, 1].round(3)
+    array([0.478, 0.348, 0.174])
+    """
+    from .kernels.cpu import flow as kernels
+
+    aug = np.asarray(aug, dtype=np.float64)
+    s, n_layers, n, _ = aug.shape
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(s)
+    top = np.zeros((s, 1, n, n))
+    top[:, 0] = np.asarray(weights, dtype=np.float64)[:, None, :]
+    network = np.concatenate([np.nan_to_num(aug), top], axis=1)
+    out = np.full((s, n_layers, n), np.nan)
+    source = np.zeros(1, dtype=np.int64)
+    for layer in range(n_layers):
+        stacked = np.ascontiguousarray(np.concatenate(
+            [network[:, : layer + 1], network[:, -1:]], axis=1))
+        flows = np.full((s, n, n), np.nan)
+        if s and n:
+            kernels.attention_flow(stacked, lengths, source, normalize, flows)
+        out[:, layer] = flows[:, 0]
+    return out
 
 
 def attention_flow(attn, *, sources=None, head_fusion="mean", residual=0.5, discard_ratio=0.0,

@@ -38,15 +38,18 @@ def fusion_code(head_fusion: str) -> int:
     return FUSION_CODES[head_fusion]
 
 
-def _prefix_rows_buffer(stack, query):
-    """The kernels' ``rows`` output: (S, L, n) for a query, (S, 0, n) for none."""
+def _readout_buffers(stack, readout):
+    """The kernels' ``readout`` (S, n) and ``rows`` output: (S, L, n), or (S, 0, n) for none."""
     s, n_layers = stack.data.shape[:2]
-    return np.empty((s, n_layers if query is not None else 0, stack.n))
+    if readout is None:
+        return np.zeros((s, stack.n)), np.empty((s, 0, stack.n))
+    weights = np.ascontiguousarray(np.broadcast_to(readout, (s, stack.n)), dtype=np.float64)
+    return weights, np.empty((s, n_layers, stack.n))
 
 
 def _rollout_numpy(attn, *, lengths, head_fusion, residual, discard_ratio, start_layer,
-                   query=None):
-    """Rollout on the CPU; with ``query``, also the (S, L, n) rows of :func:`prefix_rows`."""
+                   readout=None):
+    """Rollout on the CPU; with ``readout`` weights, the (S, L, n) rows of :func:`prefix_rows`."""
     from .kernels.cpu import rollout as kernels
     from .kernels.cpu.threads import single_threaded_blas
 
@@ -54,11 +57,11 @@ def _rollout_numpy(attn, *, lengths, head_fusion, residual, discard_ratio, start
     stack = attention_stack(attn, lengths)
     start = errors.layer_index("start_layer", start_layer, stack.data.shape[1])
     out = np.empty((stack.data.shape[0], stack.n, stack.n))
-    rows = _prefix_rows_buffer(stack, query)
+    weights, rows = _readout_buffers(stack, readout)
     with single_threaded_blas():
         kernels.rollout(stack.data, stack.lengths, fusion, residual, discard_ratio, start, out,
-                        -1 if query is None else query, rows)
-    return stack.unflatten(out) if query is None else rows
+                        weights, rows)
+    return stack.unflatten(out) if readout is None else rows
 
 
 def _rollout_cuda(attn, *, lengths, head_fusion, residual, start_layer):
@@ -82,19 +85,20 @@ def _rollout_cuda(attn, *, lengths, head_fusion, residual, start_layer):
     return out if on_device else out.copy_to_host()
 
 
-def prefix_rows(attn, query: int, *, kind="rollout", grad=None, lengths=None, head_fusion="mean",
+def prefix_rows(attn, readout, *, kind="rollout", grad=None, lengths=None, head_fusion="mean",
                 residual=0.5):
-    """Row ``query`` of the rollout through each layer, from one pass over the layers.
+    """The read-out row of the rollout through each layer, from one pass over the layers.
 
-    ``out[:, l]`` equals ``rollout(attn[:, :l + 1], ...)[:, query]`` (or
+    ``out[:, l]`` equals ``readout @ rollout(attn[:, :l + 1], ...)`` (or
     ``grad_rollout``'s), without recomputing the shared prefix product for
     every ``l``: L layer products instead of L (L + 1) / 2.
 
     Parameters
     ----------
     attn : array (sample, layer, head, n, n)
-    query : int
-        The output position, in [0, n).
+    readout : array (sample, n) or (n,)
+        Weights of the output positions (a one-hot row: that position's row);
+        see :func:`attnkit.readout.readout_weights`.
     kind : {"rollout", "grad"}
     grad : array like ``attn``, for ``kind="grad"``
     lengths, head_fusion, residual
@@ -103,8 +107,7 @@ def prefix_rows(attn, query: int, *, kind="rollout", grad=None, lengths=None, he
     Returns
     -------
     numpy.ndarray (sample, layer, n)
-        float64; NaN past each sample's length and for samples shorter than
-        ``query + 1``.
+        float64; NaN past each sample's length.
 
     Examples
     --------
@@ -112,8 +115,8 @@ def prefix_rows(attn, query: int, *, kind="rollout", grad=None, lengths=None, he
     >>> from attnkit.rollout import prefix_rows
     >>> rng = np.random.default_rng(0)
     >>> a = rng.random((2, 3, 2, 4, 4)); a /= a.sum(-1, keepdims=True)
-    >>> rows = prefix_rows(a, 1)
-    >>> bool(np.allclose(rows[:, 1], ak.rollout(a[:, :2])[:, 1]))
+    >>> rows = prefix_rows(a, np.full(4, 0.25))
+    >>> bool(np.allclose(rows[:, 1], ak.rollout(a[:, :2]).mean(axis=1)))
     True
     """
     shape = np.shape(attn)
@@ -122,12 +125,15 @@ def prefix_rows(attn, query: int, *, kind="rollout", grad=None, lengths=None, he
                                  "add a sample axis, e.g. attn[None]")
     if kind not in ("rollout", "grad"):
         raise errors.value_error("kind", "'rollout' or 'grad'", repr(kind), "pick one of those")
-    query = errors.position("query", query, shape[-1], "pick an output position inside the samples")
+    readout = np.asarray(readout, dtype=np.float64)
+    if readout.shape not in ((shape[-1],), (shape[0], shape[-1])):
+        raise errors.shape_error("readout", f"({shape[-1]},) or ({shape[0]}, {shape[-1]})",
+                                 readout.shape, "pass one weight per output position")
     if kind == "grad":
-        return _grad_rollout_numpy(attn, grad, lengths=lengths, start_layer=0, query=query)
+        return _grad_rollout_numpy(attn, grad, lengths=lengths, start_layer=0, readout=readout)
     residual = errors.fraction("residual", residual)
     return _rollout_numpy(attn, lengths=lengths, head_fusion=head_fusion, residual=residual,
-                          discard_ratio=0.0, start_layer=0, query=query)
+                          discard_ratio=0.0, start_layer=0, readout=readout)
 
 
 def rollout(attn, *, head_fusion="mean", residual=0.5, discard_ratio=0.0, start_layer=0,
@@ -223,7 +229,7 @@ def augmented_attention(attn, *, head_fusion="mean", residual=0.5, discard_ratio
     return stack.unflatten(out)
 
 
-def _grad_rollout_numpy(attn, grad, *, lengths, start_layer, query=None):
+def _grad_rollout_numpy(attn, grad, *, lengths, start_layer, readout=None):
     from .kernels.cpu import rollout as kernels
     from .kernels.cpu.threads import single_threaded_blas
 
@@ -237,14 +243,43 @@ def _grad_rollout_numpy(attn, grad, *, lengths, start_layer, query=None):
     g = np.ascontiguousarray(g.reshape(stack.data.shape), dtype=stack.data.dtype)
     start = errors.layer_index("start_layer", start_layer, stack.data.shape[1])
     out = np.empty((stack.data.shape[0], stack.n, stack.n))
-    rows = _prefix_rows_buffer(stack, query)
+    weights, rows = _readout_buffers(stack, readout)
     with single_threaded_blas():
-        kernels.grad_rollout(stack.data, g, stack.lengths, start, out,
-                             -1 if query is None else query, rows)
-    return stack.unflatten(out) if query is None else rows
+        kernels.grad_rollout(stack.data, g, stack.lengths, start, out, weights, rows)
+    return stack.unflatten(out) if readout is None else rows
 
 
-def grad_rollout(attn, grad, *, start_layer=0, lengths=None):
+def _read_out(full, target, lengths, readout_attr):
+    """``w @ full`` over the query axis: the read-out row of (..., query, key) relevance."""
+    from .readout import readout_weights
+
+    if is_xarray(full):
+        import xarray as xr
+
+        n = full.sizes["key"]
+        lens = np.broadcast_to(np.asarray(lengths if lengths is not None else n),
+                               full.shape[:-2]).reshape(-1)
+        r = readout_weights(target, lens, n, readout=readout_attr)
+        w = xr.DataArray(np.where(r.defined[:, None], r.weights, np.nan)
+                         .reshape(full.shape[:-2] + (n,)), dims=full.dims[:-2] + ("query",))
+        out = xr.dot(w, full.fillna(0.0), dim="query")
+        valid = xr.DataArray(np.arange(n), dims="key") < xr.DataArray(
+            lens.reshape(full.shape[:-2]), dims=full.dims[:-2])
+        out = out.where(valid)
+        out.attrs["target"] = r.label
+        return out
+    full = np.asarray(full)
+    n = full.shape[-1]
+    lens = as_lengths("lengths", lengths, full.shape[:-2], n)
+    r = readout_weights(target, lens, n, readout=readout_attr)
+    flat = np.nan_to_num(full.reshape((-1, n, n)))
+    out = np.einsum("sq,sqk->sk", r.weights, flat)
+    out[~r.defined] = np.nan
+    out[np.arange(n)[None, :] >= lens[:, None]] = np.nan
+    return out.reshape(full.shape[:-2] + (n,))
+
+
+def grad_rollout(attn, grad, *, start_layer=0, lengths=None, target=None):
     """Gradient-weighted rollout, Chefer et al. (2021), generic rule, from saved gradients.
 
     Starting from ``R = I``, each layer ``l >= start_layer`` updates
@@ -261,12 +296,19 @@ def grad_rollout(attn, grad, *, start_layer=0, lengths=None):
         First layer included.
     lengths : int or array of ints, optional
         Valid tokens per sample.
+    target : int, {"cls", "mean", "patches"}, "readout" or array, optional
+        Return only the relevance for this read-out, ``w @ R`` over the
+        output positions (see :mod:`attnkit.readout`): an int position,
+        "mean" (uniform over valid positions), "patches" (uniform over
+        positions >= 1), weights over positions, or "readout" for a
+        Dataset's ``readout`` attr. Default: every output position.
 
     Returns
     -------
     numpy.ndarray (..., query, key), or xarray.DataArray
         Relevance of each input position (key) for each output position (query).
-        Rows are not normalised (the rule accumulates relevance).
+        Rows are not normalised (the rule accumulates relevance). With
+        ``target``: (..., key).
 
     Examples
     --------
@@ -274,7 +316,17 @@ def grad_rollout(attn, grad, *, start_layer=0, lengths=None):
     >>> a = np.full((1, 2, 2, 2), 0.5); g = np.ones_like(a)
     >>> ak.grad_rollout(a, g).tolist()
     [[1.5, 0.5], [0.5, 1.5]]
+    >>> ak.grad_rollout(a, g, target="mean").tolist()
+    [1.0, 1.0]
     """
+    if target is not None:
+        readout_attr = getattr(attn, "attrs", {}).get("readout")
+        if isinstance(target, str) and target == "readout":
+            target = None  # readout_weights then reads the attr
+        if lengths is None and is_xarray(attn) and "length" in getattr(attn, "variables", ()):
+            lengths = np.asarray(attn["length"].values)
+        full = grad_rollout(attn, grad, start_layer=start_layer, lengths=lengths)
+        return _read_out(full, target, lengths, readout_attr)
     if is_xarray(attn):
         import xarray as xr
 

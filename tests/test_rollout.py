@@ -133,32 +133,55 @@ def test_grad_rollout_matches_formula(rng):
 
 @pytest.mark.parametrize("kind, fusion", [("rollout", "mean"), ("rollout", "max"), ("grad", None)])
 def test_prefix_rows_equal_one_rollout_per_layer_prefix(rng, kind, fusion):
-    """Row ``query`` of every layer prefix, from one pass, equals the rollout
-    of ``attn[:, :l + 1]`` computed on its own; a sample shorter than
-    ``query + 1`` gives NaN rows."""
+    """The read-out row of every layer prefix, from one pass, equals ``w @`` the
+    rollout of ``attn[:, :l + 1]`` computed on its own: a one-hot ``w`` gives
+    that row exactly, random weights their weighted sum."""
     from attnkit.rollout import prefix_rows
 
     lengths = np.array([7, 5, 2])
     a = random_attention(rng, (3, 4, 2, 7, 7))
     g = rng.standard_normal(a.shape)
-    query = 3
-    rows = prefix_rows(a, query, kind=kind, grad=g if kind == "grad" else None,
-                       lengths=lengths, head_fusion=fusion or "mean", residual=0.3)
-    assert rows.shape == (3, 4, 7)
+    query = 1
+    one_hot = np.eye(7)[query]
+    weights = rng.random((3, 7)) * (np.arange(7)[None, :] < lengths[:, None])
+    kwargs = dict(kind=kind, grad=g if kind == "grad" else None, lengths=lengths,
+                  head_fusion=fusion or "mean", residual=0.3)
+    rows = prefix_rows(a, one_hot, **kwargs)
+    mixed = prefix_rows(a, weights, **kwargs)
+    assert rows.shape == mixed.shape == (3, 4, 7)
     for layer in range(4):
         if kind == "grad":
             want = ak.grad_rollout(a[:, : layer + 1], g[:, : layer + 1], lengths=lengths)
         else:
             want = ak.rollout(a[:, : layer + 1], head_fusion=fusion, residual=0.3,
                               lengths=lengths)
-        for s, m in enumerate(lengths[:2]):
-            np.testing.assert_allclose(rows[s, layer, :m], want[s, query, :m], rtol=1e-12)
+        for s, m in enumerate(lengths):
+            np.testing.assert_array_equal(rows[s, layer, :m], want[s, query, :m])
+            np.testing.assert_allclose(mixed[s, layer, :m], weights[s, :m] @ want[s, :m, :m],
+                                       rtol=1e-12)
             assert np.isnan(rows[s, layer, m:]).all()
-    assert np.isnan(rows[2]).all()  # length 2 <= query
-    with pytest.raises(ValueError, match=r"query: expected a position in \[0, 7\)"):
-        prefix_rows(a, 7)
+    with pytest.raises(ValueError, match=r"readout: expected shape \(7,\) or \(3, 7\)"):
+        prefix_rows(a, np.ones(6))
     with pytest.raises(ValueError, match=r"kind: expected 'rollout' or 'grad'"):
-        prefix_rows(a, 0, kind="flow")
+        prefix_rows(a, one_hot, kind="flow")
+
+
+def test_grad_rollout_read_at_a_target_is_the_weighted_row_sum(rng):
+    lengths = np.array([6, 4])
+    a = random_attention(rng, (2, 3, 2, 6, 6))
+    g = rng.standard_normal(a.shape)
+    full = ak.grad_rollout(a, g, lengths=lengths)
+    mean = ak.grad_rollout(a, g, lengths=lengths, target="mean")
+    for s, m in enumerate(lengths):
+        np.testing.assert_allclose(mean[s, :m], full[s, :m, :m].mean(axis=0), rtol=1e-12)
+        assert np.isnan(mean[s, m:]).all()
+    np.testing.assert_allclose(ak.grad_rollout(a, g, lengths=lengths, target=2), full[:, 2])
+    ds = ak.from_arrays([a[0, :, :, :6, :6], a[1, :, :, :4, :4]],
+                        gradient=[g[0, :, :, :6, :6], g[1, :, :, :4, :4]])
+    ds.attrs["readout"] = "patches"
+    got = ak.grad_rollout(ds, None, target="readout")
+    assert got.dims == ("sample", "key") and got.attrs["target"] == "patches"
+    np.testing.assert_allclose(got.values[0], full[0, 1:6].mean(axis=0), rtol=1e-12)
 
 
 def test_grad_rollout_lengths_and_shape_errors(rng):

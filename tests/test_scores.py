@@ -18,7 +18,7 @@ def ds(rng):
 
 
 def test_raw_is_head_mean_of_the_layer(ds):
-    s = ak.attention_scores(ds, "raw", layers=[0, 2], query=1)
+    s = ak.attention_scores(ds, "raw", layers=[0, 2], target=1)
     a = ds.attention.values
     np.testing.assert_allclose(s.values[0, 1], a[0, 2, :, 1, :].mean(0), rtol=1e-12)
     np.testing.assert_allclose(s.values[1, 0, :4], a[1, 0, :, 1, :4].mean(0), rtol=1e-12)
@@ -47,8 +47,8 @@ def test_layer_l_uses_layers_up_to_l(ds, kind):
 def test_layer_subset_and_query_past_a_sample(ds, kind):
     """Chosen layers pick the matching prefix; a query past a sample's length
     leaves that sample NaN."""
-    full = ak.attention_scores(ds, kind, query=4, head_fusion="max")
-    some = ak.attention_scores(ds, kind, layers=[-1, 1], query=4, head_fusion="max")
+    full = ak.attention_scores(ds, kind, target=4, head_fusion="max")
+    some = ak.attention_scores(ds, kind, layers=[-1, 1], target=4, head_fusion="max")
     np.testing.assert_array_equal(some.values, full.values[:, [2, 1]])
     a = ds.attention.values[0]
     if kind == "rollout":
@@ -64,7 +64,106 @@ def test_errors(ds):
         ak.attention_scores(ds, "shap")
     with pytest.raises(ValueError, match=r"layers: expected an int layer index in \[0, 3\)"):
         ak.attention_scores(ds, "raw", layers=[5])
-    with pytest.raises(ValueError, match=r"query: expected a position in \[0, 6\)"):
-        ak.attention_scores(ds, "raw", query=6)
+    with pytest.raises(ValueError, match=r"target: expected a position in \[0, 6\)"):
+        ak.attention_scores(ds, "raw", target=6)
+    with pytest.raises(ValueError, match=r"target: expected an int position, one of"):
+        ak.attention_scores(ds, "raw", target="max")
+    with pytest.raises(ValueError, match=r"target: expected shape \(6,\) or \(2, 6\): weights"):
+        ak.attention_scores(ds, "raw", target=np.ones(5))
+    with pytest.raises(ValueError, match=r"non-negative weights at valid positions, got nan at "
+                       r"sample 0, position 2"):
+        ak.attention_scores(ds, "rollout", target=np.array([1, 1, np.nan, 1, 1, 1.0]))
+    with pytest.raises(TypeError, match="got a bool"):
+        ak.attention_scores(ds, "raw", target=True)
+    bad = ds.copy()
+    bad.attrs["readout"] = "pooler"
+    with pytest.raises(ValueError, match=r"ds.attrs\['readout'\]: expected one of"):
+        ak.attention_scores(bad, "raw")
     with pytest.raises(ValueError, match=r"gradient"):
         ak.attention_scores(ds.drop_vars("gradient"), "grad")
+
+
+@pytest.mark.parametrize("kind", ["raw", "rollout", "grad"])
+def test_mean_target_is_the_mean_of_the_rows(ds, kind):
+    """target="mean" reads every valid output row with weight 1/n: the mean of
+    the rows of raw attention / rollout / grad rollout up to each layer."""
+    s = ak.attention_scores(ds, kind, target="mean", residual=0.3)
+    assert s.attrs["target"] == "mean"
+    a = np.nan_to_num(ds.attention.values)
+    g = np.nan_to_num(ds.gradient.values)
+    for sample, m in enumerate(ds.length.values):
+        for layer in range(3):
+            if kind == "raw":
+                rows = a[sample, layer, :, :m, :m].mean(0)
+            elif kind == "rollout":
+                rows = ak.rollout(a[sample, : layer + 1, :, :m, :m], residual=0.3)
+            else:
+                rows = ak.grad_rollout(a[sample, : layer + 1, :, :m, :m],
+                                       g[sample, : layer + 1, :, :m, :m])
+            np.testing.assert_allclose(s.values[sample, layer, :m], rows.mean(axis=0),
+                                       rtol=1e-12)
+        assert np.isnan(s.values[sample, :, m:]).all()
+
+
+def test_patches_target_and_weights(ds):
+    """"patches" is uniform over positions >= 1; an array of weights is
+    normalised over each sample's valid positions."""
+    r = ak.attention_scores(ds, "rollout", target="patches")
+    full = [ak.rollout(np.nan_to_num(ds.attention.values[s, :, :, :m, :m]))
+            for s, m in enumerate(ds.length.values)]
+    for s, m in enumerate(ds.length.values):
+        np.testing.assert_allclose(r.values[s, -1, :m], full[s][1:].mean(0), rtol=1e-12)
+    w = np.array([3.0, 0, 1, 0, 0, 5])  # sample 1 (4 tokens) sees weights 3, 0, 1, 0
+    got = ak.attention_scores(ds, "rollout", target=w)
+    assert got.attrs["target"] == "weights"
+    np.testing.assert_allclose(got.values[0, -1], w @ full[0] / w.sum(), rtol=1e-12)
+    np.testing.assert_allclose(got.values[1, -1, :4], w[:4] @ full[1] / 4, rtol=1e-12)
+
+
+def test_readout_attr_is_the_default_target(ds):
+    mean = ak.attention_scores(ds, "raw", target="mean")
+    tagged = ds.copy()
+    tagged.attrs["readout"] = "mean"
+    np.testing.assert_array_equal(ak.attention_scores(tagged, "raw").values, mean.values)
+    tagged.attrs["readout"] = "cls"
+    np.testing.assert_array_equal(ak.attention_scores(tagged, "raw").values,
+                                  ak.attention_scores(ds, "raw", target=0).values)
+
+
+def _super_source_flow(aug, weights, m):
+    """Max flow from a super-source (capacity weights[i] into top node i) to
+    each input node, by networkx on the layered graph."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    n_layers = aug.shape[0]
+    for layer in range(n_layers):
+        for i in range(m):
+            for j in range(m):
+                if aug[layer, i, j] > 0:
+                    graph.add_edge((layer + 1, i), (layer, j), capacity=aug[layer, i, j])
+    for i in range(m):
+        if weights[i] > 0:
+            graph.add_edge("source", (n_layers, i), capacity=weights[i])
+    values = np.array([nx.maximum_flow_value(graph, "source", (0, j)) for j in range(m)])
+    return values / values.sum()
+
+
+@pytest.mark.parametrize("target", ["mean", "patches", 2])
+def test_flow_from_a_super_source_matches_networkx(ds, target):
+    s = ak.attention_scores(ds, "flow", target=target, residual=0.4)
+    aug = ak.augmented_attention(np.nan_to_num(ds.attention.values), residual=0.4,
+                                 lengths=ds.length.values)
+    for sample, m in enumerate(ds.length.values):
+        if target == "mean":
+            w = np.full(m, 1 / m)
+        elif target == "patches":
+            w = np.r_[0.0, np.full(m - 1, 1 / (m - 1))]
+        else:
+            w = np.eye(m)[target]
+        for layer in (0, 2):
+            want = _super_source_flow(aug[sample, : layer + 1, :m, :m], w, m)
+            np.testing.assert_allclose(s.values[sample, layer, :m], want, atol=1e-9)
+    if target == 2:  # one position: Abnar & Zuidema's flow from that output node
+        want = ak.attention_flow(ds, sources=[2], residual=0.4).values[:, 2]
+        np.testing.assert_allclose(s.values[:, -1], want, atol=1e-12)

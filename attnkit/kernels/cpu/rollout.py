@@ -105,23 +105,24 @@ def augmented_layers(attn, lengths, fusion, residual, discard, out):
 
 
 @njit(cache=True, nogil=True)
-def _keep_prefix_row(result, s, layer, length, query, rows):
-    """Copy row ``query`` of the product so far into ``rows[s, layer]``.
+def _keep_prefix_row(result, s, layer, length, readout, rows):
+    """Write ``readout[s] @ (product so far)`` into ``rows[s, layer]``.
 
-    ``rows`` is (S, L, n), NaN-filled by the kernel; an (S, 0, n) array
-    turns the copy off, as does a query past the sample's length.
+    ``readout`` (S, n) weighs the output positions (a one-hot row picks one
+    position exactly); ``rows`` is (S, L, n), NaN-filled by the kernel. An
+    (S, 0, n) ``rows`` turns the copy off.
     """
-    if rows.shape[1] > 0 and query < length:
-        rows[s, layer, :length] = result[query]
+    if rows.shape[1] > 0:
+        rows[s, layer, :length] = np.dot(readout[s, :length], result)
 
 
 @njit(cache=True, parallel=True)
-def rollout(attn, lengths, fusion, residual, discard, start_layer, out, query, rows):
+def rollout(attn, lengths, fusion, residual, discard, start_layer, out, readout, rows):
     """Rollout ``Ã_L ... Ã_start`` of every sample into out (S, n, n).
 
-    Row ``query`` of every partial product ``Ã_l ... Ã_start`` goes to
-    ``rows[s, l]`` (see :func:`_keep_prefix_row`): all layers' scores for one
-    output position cost one pass instead of one rollout per layer.
+    ``readout[s] @ Ã_l ... Ã_start`` of every partial product goes to
+    ``rows[s, l]`` (see :func:`_keep_prefix_row`): all layers' scores of one
+    read-out cost one pass instead of one rollout per layer.
     """
     n_samples, n_layers, n = attn.shape[0], attn.shape[1], attn.shape[3]
     for s in prange(n_samples):
@@ -138,15 +139,15 @@ def rollout(attn, lengths, fusion, residual, discard, start_layer, out, query, r
                 result[:, :] = layer_mat
             else:
                 result = np.dot(layer_mat, result)
-            _keep_prefix_row(result, s, layer, length, query, rows)
+            _keep_prefix_row(result, s, layer, length, readout, rows)
         out[s, :length, :length] = result
 
 
 @njit(cache=True, parallel=True)
-def grad_rollout(attn, grad, lengths, start_layer, out, query, rows):
+def grad_rollout(attn, grad, lengths, start_layer, out, readout, rows):
     """Chefer et al. (2021): ``R <- R + mean_h(max(grad * attn, 0)) @ R`` from R = I.
 
-    ``query`` and ``rows`` keep each layer's partial row as in :func:`rollout`.
+    ``readout`` and ``rows`` keep each layer's read-out row as in :func:`rollout`.
     """
     n_samples, n_layers, n_heads = attn.shape[0], attn.shape[1], attn.shape[2]
     for s in prange(n_samples):
@@ -167,7 +168,7 @@ def grad_rollout(attn, grad, lengths, start_layer, out, query, rows):
                             cam[i, j] += x
             cam /= n_heads
             relevance = relevance + np.dot(cam, relevance)
-            _keep_prefix_row(relevance, s, layer, length, query, rows)
+            _keep_prefix_row(relevance, s, layer, length, readout, rows)
         out[s, :length, :length] = relevance
 
 
