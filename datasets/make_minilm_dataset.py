@@ -219,6 +219,16 @@ def round_mantissa(a: np.ndarray, bits: int = GRADIENT_BITS) -> np.ndarray:
     return x
 
 
+def with_groups(ds):
+    """Add the ``group`` (sample) coordinate: each sentence's group in sources.tsv
+    (ewt, agreement, classic), so analyses can summarise the groups apart."""
+    rows = (HERE / "sources.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    groups = [row.split("\t")[1] for row in rows if row]
+    if len(groups) != ds.sizes["sample"]:
+        raise SystemExit(f"sources.tsv: expected {ds.sizes['sample']} rows, got {len(groups)}")
+    return ds.assign_coords(group=("sample", groups))
+
+
 def build(no_impacts: bool, batch_size: int, qk: bool, out: Path) -> None:
     import attnkit as ak
     from attnkit.models import MiniLM
@@ -248,6 +258,7 @@ def build(no_impacts: bool, batch_size: int, qk: bool, out: Path) -> None:
     ds = ds.drop_vars("input_gradient")
     ds["attention"] = (ds.attention.dims, quantize_rows(ds.attention.values))
     ds["gradient"] = (ds.gradient.dims, round_mantissa(ds.gradient.values))
+    ds = with_groups(ds)
     ds.attrs.update({
         "source": "datasets/minilm/sentences.txt (see sources.tsv for each line's origin)",
         "licence": "sentences from UD English EWT: CC BY-SA 4.0; the others: CC0-1.0",
@@ -271,9 +282,16 @@ def main(argv=None) -> None:
     parser.add_argument("--qk", action="store_true",
                         help="also store q and k (about 45 MB more; not in the shipped file)")
     parser.add_argument("-o", "--output", type=Path, default=HERE / "minilm.nc")
+    parser.add_argument("--add-groups", action="store_true",
+                        help="only add the `group` coordinate to an existing OUTPUT (nothing "
+                             "recomputed; how the shipped file got it)")
     args = parser.parse_args(argv)
     if args.select is not None:
         select(args.select)
+    elif args.add_groups:
+        import attnkit as ak
+
+        ak.save_dataset(with_groups(ak.open_dataset(args.output).load()), args.output)
     else:
         build(args.no_impacts, args.batch_size, args.qk, args.output)
 
