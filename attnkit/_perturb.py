@@ -186,10 +186,8 @@ class Perturber:
 
     def _run_image(self, variants, advance):
         """Pre-sigmoid maps (len(variants), H * W) of the images with patches occluded or key-masked."""
-        from .models._vit_ablation import _logits
+        from .models._vit_ablation import _logits, occlude
 
-        rows, cols = self.grid
-        p = self.patch
         out = np.empty((len(variants), self.full.shape[1]))
         for start in range(0, len(variants), self.batch_size):
             chunk = variants[start: start + self.batch_size]
@@ -199,9 +197,7 @@ class Perturber:
             x = self.pixels[np.array([s for s, _ in chunk])]  # a copy
             key_mask = None
             if self.method == "mask":  # occlusion: the patches' pixels set to the mean (0)
-                grid = removed[:, 1:].reshape(len(chunk), 1, rows, 1, cols, 1)
-                shaped = x.reshape(len(chunk), 3, rows, p, cols, p)
-                x = np.where(grid, shaped.dtype.type(0), shaped).reshape(x.shape)
+                x = occlude(x, removed, self.grid, self.patch)
             else:
                 key_mask = removed
             out[start: start + len(chunk)] = _logits(self.model, x, self._forward_batch, key_mask)

@@ -36,6 +36,19 @@ IMAGE_ABLATION_METHODS = ("mask", "key_mask")
 MAX_BATCH = 16
 
 
+def occlude(pixels, removed, grid, patch: int):
+    """Occlusion: the pixels of every removed patch set to the normalisation mean (0).
+
+    ``pixels`` (N, 3, H, W) normalised; ``removed`` (N, 1 + rows * cols) bool
+    over token positions (position 0, [CLS], has no pixels); returns a new array.
+    """
+    rows, cols = grid
+    count = pixels.shape[0]
+    hidden = removed[:, 1:].reshape(count, 1, rows, 1, cols, 1)
+    shaped = pixels.reshape(count, 3, rows, patch, cols, patch)
+    return np.where(hidden, shaped.dtype.type(0), shaped).reshape(pixels.shape)
+
+
 def _logits(model, pixels, batch, key_mask=None):
     """The pre-sigmoid maps (N, H * W) float64 of ``pixels``, in batches."""
     out = np.empty((pixels.shape[0], pixels.shape[2] * pixels.shape[3]))
@@ -102,15 +115,14 @@ def ablate(model, inputs, *, method=None, metric="cosine", positions=None, speci
                 chunk = jobs[name][start: start + batch]
                 s_idx = np.array([s for s, _ in chunk])
                 p_idx = np.array([q for _, q in chunk])
+                removed = np.zeros((len(chunk), n_pos), bool)
+                removed[np.arange(len(chunk)), p_idx] = True
                 x = pixels[s_idx]  # a copy
                 key_mask = None
                 if name == "mask":
-                    for j, q in enumerate(p_idx):
-                        r, c = divmod(int(q) - 1, cols)
-                        x[j, :, r * p: (r + 1) * p, c * p: (c + 1) * p] = 0.0
+                    x = occlude(x, removed, (rows, cols), p)
                 else:
-                    key_mask = np.zeros((len(chunk), n_pos), bool)
-                    key_mask[np.arange(len(chunk)), p_idx] = True
+                    key_mask = removed
                 out = _logits(model, x, batch, key_mask)
                 impact[s_idx, p_idx, m] = metric_fn(full[s_idx], out)
                 advance(len(chunk))
