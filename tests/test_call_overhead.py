@@ -233,6 +233,7 @@ SERIAL_CASES = [
     ((1,), (1,), 64, 513, 16, {"mask": "local:40", "kv_lengths": 400}),
     ((2, 4), (2, 2), 150, 520, 32, {"causal": True, "kv_lengths": [520, 333]}),  # many tasks
     ((3, 2), (3, 2), 333, 300, 16, {"mask": "local:50|global:0", "q_lengths": [333, 7, 100]}),
+    ((1,), (1,), 1100, 300, 16, {}),  # 18 query tiles: keys packed once per call, not per task
 ]
 
 

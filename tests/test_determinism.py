@@ -7,6 +7,9 @@ depends on the schedule), and BLAS runs single-threaded inside them; these
 tests hold them to that. Sizes span several key tiles (256 keys) and several
 (sample, head) problems, so the parallel split really happens; query tiles are
 256 rows, halved for small problems (``attnkit.kernels.cpu.api.block_q``).
+The short float32 problems have their keys packed inside each task, the long
+one (``q_long``: each key tile read by 9 query tiles) once per call, into the
+buffer the backend keeps between calls (``attnkit.kernels.cpu.api.KEY_SCRATCH``).
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ def inputs(rng):
     q = rng.standard_normal((2, 3, 150, 32)).astype(np.float32)
     k = rng.standard_normal((2, 3, 300, 32)).astype(np.float32)
     v = rng.standard_normal((2, 3, 300, 24)).astype(np.float32)
+    q_long = rng.standard_normal((3, 1, 2, 1100, 32)).astype(np.float32)  # q, k, v
     q64 = rng.standard_normal((3, 130, 16))
     k64 = rng.standard_normal((3, 290, 16))
     attn = rng.random((5, 3, 4, 37, 37))
     attn /= attn.sum(-1, keepdims=True)
     small = rng.random((3, 2, 2, 7, 7))
     small /= small.sum(-1, keepdims=True)
-    return dict(q=q, k=k, v=v, q64=q64, k64=k64, attn=attn, lengths=np.array([37, 20, 33, 9, 37]),
+    return dict(q=q, k=k, v=v, q_long=q_long, q64=q64, k64=k64, attn=attn, lengths=np.array([37, 20, 33, 9, 37]),
                 small=small, grad=rng.standard_normal(attn.shape),
                 x=rng.random((40, 3, 25)), y=rng.random((40, 3, 25)))
 
@@ -53,6 +57,13 @@ def compute_all(data) -> dict[str, np.ndarray]:
         out[f"weights_{tag}"] = ak.attention_weights(q, k, backend="cpu", **kw)
         for name, arr in ak.attention_stats(q, k, backend="cpu", topk=4, **kw).items():
             out[f"stats_{tag}_{name}"] = arr
+    ql, kl, vl = data["q_long"]
+    for tag, kw in (("full", {}), ("causal", {"causal": True})):
+        o, lse = ak.attention(ql, kl, vl, return_lse=True, backend="cpu", **kw)
+        out[f"attention_long_{tag}"], out[f"lse_long_{tag}"] = o, lse
+        out[f"weights_long_{tag}"] = ak.attention_weights(ql, kl, backend="cpu", **kw)
+        for name, arr in ak.attention_stats(ql, kl, backend="cpu", topk=4, **kw).items():
+            out[f"stats_long_{tag}_{name}"] = arr
     out["attention_f64"] = ak.attention(q64, k64, k64, backend="cpu")
     for name, arr in ak.attention_stats(q64, k64, backend="cpu").items():
         out[f"stats_f64_{name}"] = arr

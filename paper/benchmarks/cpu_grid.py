@@ -174,11 +174,17 @@ def _kernel_plan(cell: dict, q, k, v) -> dict:
     try:
         from attnkit._prepare import prepare
         from attnkit.kernels.cpu import api
+        from attnkit.kernels.cpu import attention as kernels
 
         p = prepare(q, k, v, causal=cell["mask"] == "causal", check_finite=False)
         rows, cols = api.block_q(p), api.block_k(p)
-        return {"problems": p.n_problems, "block_q": rows, "block_k": cols,
-                "tasks": api._query_tasks(p, rows), "key_tiles_per_task": -(-p.m // cols)}
+        tasks = api._query_tasks(p, rows)
+        plan = {"problems": p.n_problems, "block_q": rows, "block_k": cols, "tasks": tasks,
+                "key_tiles_per_task": -(-p.m // cols)}
+        if p.q.dtype == np.float32:  # float64 tiles read the keys in place (BLAS)
+            per_task = kernels.packs_in_tasks.py_func(tasks, p.k.shape[0], p.ops.shape[0] > 0)
+            plan["keys_packed"] = "per task" if per_task else "per call (kept buffer)"
+        return plan
     except Exception as exc:  # noqa: BLE001 - internals moved: the benchmark still runs
         return {"error": f"{type(exc).__name__}: {exc}"}
 

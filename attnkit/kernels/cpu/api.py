@@ -5,14 +5,22 @@ functions: it allocates the outputs, picks the tile sizes and calls the
 kernels of :mod:`.attention` with single-threaded BLAS (the kernels already
 use every core), or their serial copies for a problem of one task. Nothing
 is validated here.
+
+Kernels that pack all of a call's keys before their tasks start (see
+:func:`.attention.packs_in_tasks`) pack them into one buffer kept between
+calls (:class:`KeyScratch`, up to :data:`SCRATCH_MAX_BYTES`), lent to one call
+at a time: a fresh call-sized array would be new memory, and in a virtual
+machine faulting its pages in cost short calls up to half their time.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import attention as _kernels
-from .gemm import NR
+from .gemm import NR, packed_size
 from .threads import single_threaded_blas
 
 # Tile sizes of the CPU kernels (queries x keys); tuned with interleaved A/B runs
@@ -120,6 +128,79 @@ def _common(p):
     return (p.q, p.k, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale, p.ops, p.aux, p.n_heads)
 
 
+#: Most bytes of packed keys :data:`KEY_SCRATCH` keeps between calls; larger calls get a
+#: fresh array (their page faults are a small part of their time).
+SCRATCH_MAX_BYTES = 64 << 20
+
+
+class KeyScratch:
+    """One flat float32 buffer for the call-wide packed keys, kept between calls.
+
+    :meth:`lend` hands it to one call at a time: a call that finds it lent
+    (another Python thread is inside a kernel with it) gets a fresh array, so
+    no two calls ever share it. It grows to the largest request up to
+    ``max_bytes``; :meth:`release` drops it.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._buf: np.ndarray | None = None
+
+    def lend(self, size: int) -> tuple[np.ndarray, bool]:
+        """``(buffer of at least size float32, lent)``.
+
+        Give a lent one back with :meth:`give_back` once the call is done.
+        """
+        if size * 4 > self.max_bytes or not self._lock.acquire(blocking=False):
+            return np.empty(size, dtype=np.float32), False
+        buf = self._buf
+        if buf is None or buf.size < size:
+            self._buf = None  # the old one goes before the new one is allocated
+            buf = self._buf = np.empty(size, dtype=np.float32)
+        return buf, True
+
+    def give_back(self) -> None:
+        self._lock.release()
+
+    def release(self) -> None:
+        """Drop the kept buffer (it is allocated again by the next call that needs one)."""
+        with self._lock:
+            self._buf = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held between calls now."""
+        buf = self._buf
+        return 0 if buf is None else buf.nbytes
+
+
+#: The packed-key buffer of this process's CPU kernels.
+KEY_SCRATCH = KeyScratch(SCRATCH_MAX_BYTES)
+_F32 = np.dtype(np.float32)
+
+
+def _packs_per_call(p, tasks: int) -> bool:
+    """Whether a query-tile kernel split into ``tasks`` packs all of ``p``'s keys once.
+
+    float32 only (float64 tiles read the keys in place), by the rule of
+    :func:`.attention.packs_in_tasks`; callers may test the cheap
+    ``tasks <= LOCAL_PACK_USES * zk`` (always per task) first.
+    """
+    return (p.q.dtype is _F32 or p.q.dtype == _F32) and not _kernels.packs_in_tasks.py_func(
+        tasks, p.k.shape[0], p.ops.shape[0] > 0)
+
+
+def _run_packing_once(p, kernel, cols: int, args: tuple) -> None:
+    """``kernel(*args, kp_buf)`` with :data:`KEY_SCRATCH` lent as ``kp_buf`` (or a fresh array)."""
+    kp_buf, lent = KEY_SCRATCH.lend(packed_size(p.k.shape[0], p.m, p.k.shape[2], cols))
+    try:
+        kernel(*args, kp_buf)
+    finally:
+        if lent:
+            KEY_SCRATCH.give_back()
+
+
 def _forward(p, v, out, rows=None, weights=None):
     """Run :func:`.attention.flash_forward` and return ``lse`` (Z, n), compute dtype.
 
@@ -129,12 +210,19 @@ def _forward(p, v, out, rows=None, weights=None):
     dtype = p.q.dtype
     lse = np.empty((p.n_problems, p.n), dtype=dtype)
     rows = block_q(p) if rows is None else rows
+    cols = block_k(p)
     dummy = np.empty((1, 1, 1), dtype=dtype)  # never read or written
-    _kernel(p, "flash_forward", _query_tasks(p, rows))(
+    tasks = _query_tasks(p, rows)
+    args = (
         p.q, p.k, dummy if v is None else v, p.q_map, p.kv_map, p.q_len, p.kv_len, p.scale,
-        p.ops, p.aux, p.n_heads, v is not None, rows, block_k(p), dummy if out is None else out,
+        p.ops, p.aux, p.n_heads, v is not None, rows, cols, dummy if out is None else out,
         lse, weights is not None, dummy if weights is None else weights,
     )
+    kernel = _kernel(p, "flash_forward", tasks)
+    if tasks <= _kernels.LOCAL_PACK_USES * p.k.shape[0] or not _packs_per_call(p, tasks):
+        kernel(*args)  # keys packed per task (or not at all): no buffer to pass
+    else:
+        _run_packing_once(p, kernel, cols, args)
     return lse
 
 
@@ -188,10 +276,15 @@ def stats(p, per_query: bool, topk: int, received: bool) -> dict:
         top_i = np.empty((z, n, topk), dtype=np.int64)
         top_v = np.empty((z, n, topk))
         parts = np.zeros((z, tiles, m) if fold else (1, 1, 1))
-        _kernel(p, "query_stats", z * tiles)(
-            *_common(p), rows, block_k(p), lse, entropy, maxprob, argmax, distance, top_i, top_v,
-            fold, parts,
-        )
+        cols = block_k(p)
+        args = (*_common(p), rows, cols, lse, entropy, maxprob, argmax, distance, top_i, top_v,
+                fold, parts)
+        kernel = _kernel(p, "query_stats", z * tiles)
+        if z * tiles <= _kernels.LOCAL_PACK_USES * p.k.shape[0] \
+                or not _packs_per_call(p, z * tiles):
+            kernel(*args)
+        else:
+            _run_packing_once(p, kernel, cols, args)
         result.update(entropy=entropy, max=maxprob, argmax=argmax, distance=distance,
                       topk_index=top_i, topk_value=top_v)
         if fold:  # the parts summed over the query tiles, in order (one tile: the part itself)

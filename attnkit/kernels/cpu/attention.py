@@ -22,9 +22,14 @@ element is written by exactly one iteration, so results are bit-identical
 from run to run and for any number of threads. :func:`serial` compiles the
 same source without threads, for calls of one task (bit-identical too: the
 same tile code runs). float32 tile products use
-the register-blocked micro-kernels of :mod:`.gemm` (keys packed once per
-call, values read in place); float64 ones go through BLAS via ``np.dot`` on
-contiguous blocks (zero-copy views of the flat inputs).
+the register-blocked micro-kernels of :mod:`.gemm` on packed keys (values are
+read in place); float64 ones go through BLAS via ``np.dot`` on contiguous
+blocks (zero-copy views of the flat inputs). Where each key tile is read by
+few tasks (:func:`packs_in_tasks`: short sequences, every task of
+:func:`key_received`) each task packs the tiles it reads into a small buffer
+of its own just before reading them; otherwise the call packs all its keys
+once, into a buffer its caller may keep between calls (``kp_buf``). Either
+way the packed values and the arithmetic are the same, so is every result.
 
 The forward pass fuses the exponential into the score product on FULL tiles
 once every row of the query tile has a finite running maximum: the scores
@@ -53,9 +58,20 @@ import types
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from . import gemm as _gemm
-from .gemm import MR, NR, accumulate_tile, pack_keys, score_exp_tile, score_tile
+from .gemm import (
+    MR,
+    NR,
+    _is_none,
+    _packs,
+    accumulate_tile,
+    pack_keys_into,
+    pack_tile,
+    score_exp_tile,
+    score_tile,
+)
 from .masking import EMPTY, FULL, PARTIAL, block_spans, mask_tile, tile_state
 from .rowops import add_row, entropy_distance_terms, exp_shifted, row_max
 from .vector_ir import wide_vectors
@@ -112,21 +128,23 @@ def _span_buffer(rows):
 
 
 @njit(cache=True, nogil=True)
-def _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux, spans):
+def _score_tile(qs, k, kp, pz, pk0, block_k, k0, k1, s, state, b, h, q0, ops, aux, spans):
     """Scores of a tile into s (bq, bk): dot products, then the mask, then score_mod.
 
     Masked entries become -inf and are never passed to score_mod. ``qs`` must
-    already hold scaled queries; ``kp = pack_keys(k, block_k)``. On a PARTIAL
+    already hold scaled queries. The keys ``[k0, k1)`` are read as the packed
+    tile of ``kp`` at ``(pz, pk0)`` (see :func:`_tile_keys`). On a PARTIAL
     tile, products the mask rules out for a whole block of rows are skipped,
     and ``spans`` (from :func:`_span_buffer`) is left describing which were
     computed, for :func:`accumulate_tile` to skip the same ones.
     """
+    pk1 = pk0 + (k1 - k0)
     if state == PARTIAL:
         block_spans(ops, aux, q0, s.shape[0], k0, k1, MR, NR, spans)
-        score_tile(qs, k, kp, zk, k0, k1, block_k, s, spans)
+        score_tile(qs, k, kp, pz, pk0, pk1, block_k, s, spans)
         mask_tile(s, ops, aux, q0, k0)
     else:
-        score_tile(qs, k, kp, zk, k0, k1, block_k, s, None)
+        score_tile(qs, k, kp, pz, pk0, pk1, block_k, s, None)
     if HAS_SCORE_MOD:
         for i in range(s.shape[0]):
             for j in range(s.shape[1]):
@@ -143,7 +161,8 @@ REDO_ABOVE = 80.0
 
 
 @njit(cache=True, nogil=True)
-def _fused_online_tile(qs, k, kp, zk, k0, k1, block_k, m_i, l_i, prob, alphas, red, tmax, tsum):
+def _fused_online_tile(qs, k, kp, pz, pk0, pk1, block_k, m_i, l_i, prob, alphas, red, tmax,
+                       tsum):
     """One FULL tile of the online softmax with the exp fused into the score product.
 
     The shift of each row is its running maximum ``m_i`` (all finite: every
@@ -152,9 +171,10 @@ def _fused_online_tile(qs, k, kp, zk, k0, k1, block_k, m_i, l_i, prob, alphas, r
     ``m_i``, ``l_i``, ``alphas`` and ``prob`` like the unfused path and returns
     True, or returns False without touching them when some row's scores rose
     by more than :data:`REDO_ABOVE` (the caller then takes the unfused path).
+    The keys are the packed tile of ``kp`` at ``(pz, pk0)`` (see :func:`_tile_keys`).
     """
     rows = prob.shape[0]
-    score_exp_tile(qs, k, kp, zk, k0, k1, block_k, m_i, prob, red, tmax, tsum)
+    score_exp_tile(qs, k, kp, pz, pk0, pk1, block_k, m_i, prob, red, tmax, tsum)
     for i in range(rows):
         if tmax[i] - m_i[i] > REDO_ABOVE:
             return False
@@ -258,10 +278,102 @@ def _tile_view(buf, rows, cols):
     return buf[: rows * cols].reshape(rows, cols)
 
 
+#: Each task packs the key tiles it reads itself, just before reading them, into a
+#: small buffer of its own, when no key tile is read by more than this many tasks
+#: (short sequences: a head's queries in a few tiles); otherwise the call packs all
+#: its keys once, before the tasks start, into a call-sized buffer. Per task there is
+#: no call-sized buffer to fill (and fault in), the packed tile is read from cache
+#: and only tiles the mask lets through are packed; the price is packing a tile once
+#: per task that reads it. Interleaved A/B runs on the 2-core reference machine
+#: (d = 64 and 128): per task won 4-11% at 2-4 readers, lost 2-3% at 8-16 without a
+#: mask; with a causal mask (about half the tiles skipped) it still won 5-7% at 8.
+#: Which way a call goes changes no result: the packed values and the arithmetic are
+#: the same.
+LOCAL_PACK_USES = 4
+#: :data:`LOCAL_PACK_USES` for calls with a mask (any mask program: causal, local, ...).
+LOCAL_PACK_USES_MASKED = 8
+
+
+@njit(cache=True, nogil=True)
+def packs_in_tasks(n_tasks, zk_count, masked):
+    """True if a kernel of ``n_tasks`` tasks over ``zk_count`` key sets packs keys per task.
+
+    The tasks split every key set alike, so each key tile is read by
+    ``n_tasks / zk_count`` of them (see :data:`LOCAL_PACK_USES`); ``masked``:
+    the call has a mask program. Depends on the problem's shape and mask only.
+    Callers that keep a buffer for the call-wide packed keys ask this
+    (``.py_func``) first.
+    """
+    return n_tasks <= (LOCAL_PACK_USES_MASKED if masked else LOCAL_PACK_USES) * zk_count
+
+
+def _call_panels(k, block_k, zk_count, buf):  # pragma: no cover - replaced by the overload
+    """The call-wide packed-key array ``(zk_count, tiles, panels, d, NR)``, not yet filled.
+
+    A view of the flat scratch ``buf`` (any content) where it has at least
+    :func:`.gemm.packed_size` elements, else (or with ``buf`` None) a fresh array; a dummy
+    ``(1, 1, 1, 1, 1)`` when ``zk_count`` is 0 (keys packed per task) or the
+    dtype packs nothing (float64: BLAS reads the keys in place).
+    """
+    raise NotImplementedError
+
+
+@overload(_call_panels, jit_options={"nogil": True})
+def _call_panels_impl(k, block_k, zk_count, buf):
+    if _is_none(buf):
+        def fresh(k, block_k, zk_count, buf):
+            if zk_count == 0 or not _packs(k):
+                return np.empty((1, 1, 1, 1, 1), dtype=k.dtype)
+            shape = (zk_count, (k.shape[1] + block_k - 1) // block_k, (block_k + NR - 1) // NR,
+                     k.shape[2], NR)
+            return np.empty(shape, dtype=k.dtype)
+
+        return fresh
+
+    def view(k, block_k, zk_count, buf):
+        if zk_count == 0 or not _packs(k):
+            return np.empty((1, 1, 1, 1, 1), dtype=k.dtype)
+        shape = (zk_count, (k.shape[1] + block_k - 1) // block_k, (block_k + NR - 1) // NR,
+                 k.shape[2], NR)
+        size = shape[0] * shape[1] * shape[2] * shape[3] * NR
+        if buf.shape[0] < size:  # a stand-in, or too small: a fresh array
+            return np.empty(shape, dtype=k.dtype)
+        return buf[:size].reshape(shape)
+
+    return view
+
+
+@njit(cache=True, nogil=True)
+def _task_panels(k, block_k, local):
+    """One task's buffer for the key tile it packs itself: ``(1, 1, panels, d, NR)``.
+
+    A dummy ``(1, 1, 1, 1, 1)`` unless ``local`` and the dtype packs.
+    """
+    if local and _packs(k):
+        return np.empty((1, 1, (block_k + NR - 1) // NR, k.shape[2], NR), dtype=k.dtype)
+    return np.empty((1, 1, 1, 1, 1), dtype=k.dtype)
+
+
+@njit(cache=True, nogil=True)
+def _tile_keys(k, zk, k0, k1, kp, kl, local):
+    """Where the keys ``[k0, k1)`` of problem ``zk`` are packed: ``(panels, pz, pk0)``.
+
+    With ``local`` the task packs them now into its own ``kl`` (slot 0);
+    otherwise they are the call-wide ``kp`` at ``(zk, k0)``, packed before the
+    tasks started (float64: ``kp`` is a dummy and the BLAS path reads ``k``
+    at ``(zk, k0)``). Pass the three on to :func:`_score_tile`,
+    :func:`_fused_online_tile` or the :mod:`.gemm` products.
+    """
+    if local:
+        pack_tile(k, zk, k0, k1, kl, 0, 0)
+        return kl, 0, 0
+    return kp, zk, k0
+
+
 @njit(parallel=True, cache=True)
 def flash_forward(
     q, k, v, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
-    with_values, block_q, block_k, out, lse, with_weights, weights,
+    with_values, block_q, block_k, out, lse, with_weights, weights, kp_buf=None,
 ):
     """Online-softmax forward pass: ``out`` (Z, n, dv) and ``lse`` (Z, n).
 
@@ -273,6 +385,11 @@ def flash_forward(
     maximum at the time, and once the query tile has seen every key its rows
     are rescaled by ``exp(shift - m) / l`` (float64), i.e. to
     ``exp(s - lse)``, without a second pass over the scores.
+
+    Keys are packed per task or once for the call (:func:`packs_in_tasks`);
+    ``kp_buf``, a flat array of the compute dtype with at least
+    :func:`.gemm.packed_size` elements, is used for the latter instead of a
+    fresh array (its content is overwritten).
     """
     n_problems = q_map.shape[0]
     n = q.shape[1]
@@ -281,7 +398,10 @@ def flash_forward(
     n_qt = (n + block_q - 1) // block_q
     n_kt = (k.shape[1] + block_k - 1) // block_k
     dt = q.dtype
-    kp = pack_keys(k, block_k)
+    local = _packs(k) and packs_in_tasks(n_problems * n_qt, k.shape[0], ops.shape[0] > 0)
+    kp = _call_panels(k, block_k, 0 if local else k.shape[0], kp_buf)
+    if not local and _packs(k):
+        pack_keys_into(k, block_k, kp)
     for task in prange(n_problems * n_qt):
         z = task // n_qt
         q0 = (task % n_qt) * block_q
@@ -310,16 +430,18 @@ def flash_forward(
             m_len = kv_len[z]
             shifts = np.empty((valid_q if with_weights else 0, n_kt), dtype=dt)
             used = np.zeros(n_kt if with_weights else 0, dtype=np.bool_)
+            kl = _task_panels(k, block_k, local)
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
                 state = tile_state(ops, aux, q0, q0 + valid_q, k0, k1)
                 if state == EMPTY:
                     continue
                 bk = k1 - k0
+                panels, pz, pk0 = _tile_keys(k, zk, k0, k1, kp, kl, local)
                 prob = _tile_view(p_buf, valid_q, bk)
                 if (not HAS_SCORE_MOD and state == FULL and all_started
-                        and _fused_online_tile(qs, k, kp, zk, k0, k1, block_k, m_i, l_i, prob,
-                                               alphas, red, tmax, tsum)):
+                        and _fused_online_tile(qs, k, panels, pz, pk0, pk0 + bk, block_k, m_i,
+                                               l_i, prob, alphas, red, tmax, tsum)):
                     if with_values:
                         accumulate_tile(prob, v, zk, k0, acc, alphas, pv_buf, None)
                     if with_weights:
@@ -327,7 +449,8 @@ def flash_forward(
                         used[k0 // block_k] = True
                     continue
                 s = _tile_view(s_buf, valid_q, bk)
-                _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, b, h, q0, ops, aux, spans)
+                _score_tile(qs, k, panels, pz, pk0, block_k, k0, k1, s, state, b, h, q0, ops,
+                            aux, spans)
                 for i in range(valid_q):
                     m_i[i], l_i[i], alphas[i], _ = _online_row(s[i], m_i[i], l_i[i], prob[i])
                 all_started = True
@@ -382,7 +505,7 @@ def _insert_topk(row, k0, top_v, top_i):
 def query_stats(
     q, k, q_map, kv_map, q_len, kv_len, scale, ops, aux, n_heads,
     block_q, block_k, lse, entropy, maxprob, argmax, distance, topk_index, topk_value,
-    with_received, received_parts,
+    with_received, received_parts, kp_buf=None,
 ):
     """Per-query statistics in one online-softmax pass over the keys (no log-sum-exp first).
 
@@ -407,6 +530,8 @@ def query_stats(
     known, summed over the rows with the factors ``exp(shift - m) / l`` (as
     in :func:`_normalise_weights`). Summing the parts over the tiles, in
     order, gives ``received`` without a second pass over the scores.
+
+    Keys are packed as in :func:`flash_forward` (``kp_buf`` likewise).
     """
     n_problems = q_map.shape[0]
     n = q.shape[1]
@@ -415,7 +540,10 @@ def query_stats(
     n_qt = (n + block_q - 1) // block_q
     n_kt = (k.shape[1] + block_k - 1) // block_k
     dt = q.dtype
-    kp = pack_keys(k, block_k)
+    local = _packs(k) and packs_in_tasks(n_problems * n_qt, k.shape[0], ops.shape[0] > 0)
+    kp = _call_panels(k, block_k, 0 if local else k.shape[0], kp_buf)
+    if not local and _packs(k):
+        pack_keys_into(k, block_k, kp)
     for task in prange(n_problems * n_qt):
         z = task // n_qt
         q0 = (task % n_qt) * block_q
@@ -442,13 +570,15 @@ def query_stats(
             prob = np.empty(valid_q * m_len if with_received else block_k, dtype=dt)
             shifts = np.empty((valid_q if with_received else 0, n_kt), dtype=dt)
             used = np.zeros(n_kt if with_received else 0, dtype=np.bool_)
+            kl = _task_panels(k, block_k, local)
             for k0 in range(0, m_len, block_k):
                 k1 = min(k0 + block_k, m_len)
                 state = tile_state(ops, aux, q0, q0 + valid_q, k0, k1)
                 if state == EMPTY:
                     continue
+                panels, pz, pk0 = _tile_keys(k, zk, k0, k1, kp, kl, local)
                 s = _tile_view(s_buf, valid_q, k1 - k0)
-                _score_tile(qs, k, kp, zk, k0, k1, block_k, s, state, z // n_heads,
+                _score_tile(qs, k, panels, pz, pk0, block_k, k0, k1, s, state, z // n_heads,
                             z % n_heads, q0, ops, aux, spans)
                 if with_received:
                     used[k0 // block_k] = True
@@ -527,14 +657,16 @@ def key_received(
     exponential of :func:`.gemm.score_exp_tile` (the scores never leave the
     registers); there, terms below ``exp(-86)`` (~4e-38) come out as
     ``exp(-86)`` rather than 0. A tile where some score exceeds its row's
-    shift by more than :data:`REDO_ABOVE` is redone unfused.
+    shift by more than :data:`REDO_ABOVE` is redone unfused. Each task packs
+    its one key tile itself (it is the only task reading it).
     """
     n_problems = q_map.shape[0]
     m = k.shape[1]
     d = q.shape[2]
     n_kt = (m + block_k - 1) // block_k
     dt = q.dtype
-    kp = pack_keys(k, block_k)
+    local = _packs(k)
+    kp = _call_panels(k, block_k, 0, None)  # a dummy: float32 tasks pack their own tile
     for task in prange(n_problems * n_kt):
         z = task // n_kt
         k0 = (task % n_kt) * block_k
@@ -553,6 +685,8 @@ def key_received(
             red = np.empty(32 * block_q, dtype=dt)
             tmax = np.empty(block_q, dtype=dt)
             tsum = np.empty(block_q, dtype=dt)
+            kl = _task_panels(k, block_k, local)
+            panels, pz, pk0 = _tile_keys(k, zk, k0, valid_k1, kp, kl, local)
             n_valid = q_len[z]
             for q0 in range(0, n_valid, block_q):
                 q1 = min(q0 + block_q, n_valid)
@@ -568,7 +702,8 @@ def key_received(
                     shift[i] = lse[z, q0 + i]
                 fused = not HAS_SCORE_MOD and state == FULL
                 if fused:
-                    score_exp_tile(qv, k, kp, zk, k0, valid_k1, block_k, shift, s, red, tmax, tsum)
+                    score_exp_tile(qv, k, panels, pz, pk0, pk0 + bk, block_k, shift, s, red, tmax,
+                                   tsum)
                     for i in range(bq):
                         if tmax[i] - shift[i] > REDO_ABOVE:
                             fused = False
@@ -577,7 +712,7 @@ def key_received(
                         if shift[i] != -np.inf and shift[i] != np.inf:
                             add_row(col[:bk], s[i])
                     continue
-                _score_tile(qv, k, kp, zk, k0, valid_k1, block_k, s, state, z // n_heads,
+                _score_tile(qv, k, panels, pz, pk0, block_k, k0, valid_k1, s, state, z // n_heads,
                             z % n_heads, q0, ops, aux, spans)
                 for i in range(bq):
                     if shift[i] == -np.inf or shift[i] == np.inf:
@@ -623,7 +758,7 @@ def with_score_mod(fn):
 def serial():
     """The kernels of this module (no score_mod) compiled from the same source without threads.
 
-    ``prange`` runs as ``range`` (and :func:`.gemm.pack_keys` likewise), so a
+    ``prange`` runs as ``range`` (and :func:`.gemm.pack_keys_into` likewise), so a
     call starts no parallel region: for a problem of one task the parallel
     launch would cost more than the work. Every output element goes through
     the same tile code in the same order as in the parallel kernels, so the
@@ -631,8 +766,8 @@ def serial():
     (``flash_forward_serial``, ...); their globals never change.
     """
     namespace = dict(globals())
-    namespace["pack_keys"] = _recompile(pack_keys, vars(_gemm), "pack_keys_serial",
-                                        parallel=False, cache=True)
+    namespace["pack_keys_into"] = _recompile(pack_keys_into, vars(_gemm), "pack_keys_into_serial",
+                                             parallel=False, cache=True)
     for name in _PARALLEL:
         namespace[name] = _recompile(globals()[name], namespace, f"{name}_serial",
                                      parallel=False, cache=True)

@@ -3,8 +3,10 @@
 OpenBLAS reaches about half of the machine's FMA rate on attention's small
 tiles (64 queries x 256 keys, d = 64): every call packs both operands and the
 products are too small to amortise it. Here the key tiles are packed once per
-call of a kernel (:func:`pack_keys`) and micro-kernels written directly in
-LLVM vector IR (:mod:`.vector_ir`) do the arithmetic:
+call of a kernel (:func:`pack_keys_into`, into a buffer the caller may keep
+between calls) or, where each key tile is read by few tasks, by each task just
+before it reads the tile (:func:`pack_tile`), and micro-kernels written
+directly in LLVM vector IR (:mod:`.vector_ir`) do the arithmetic:
 
 * Each computes an ``MR x (NV * 16)`` block ``C = A @ B`` with the whole
   block held in ``MR * NV`` vector registers; each step of the reduction loads
@@ -116,7 +118,63 @@ def _packs_impl(k):
     return lambda k: packs
 
 
+def packed_size(zk_count, m, d, block_k):
+    """Elements of the packed keys of :func:`pack_keys_into` for ``(zk_count, m, d)`` keys."""
+    return zk_count * -(-m // block_k) * -(-block_k // NR) * d * NR
+
+
+@njit(cache=True, nogil=True)
+def pack_tile(k, zk, k0, k1, out, oz, ot):
+    """Keys ``[k0, k1)`` of problem ``zk`` into the panels ``out[oz, ot]`` (``(panels, d, NR)``).
+
+    Panel ``p`` gets ``k[zk, k0 + p * NR + j, c]`` at ``[p, c, j]``; the lanes
+    past ``k1 - k0`` in its last panel are zeroed (the micro-kernels read whole
+    panels), later panels are left alone (never read). Full panels go by
+    16 x 16 blocks, which keeps both the reads and the writes within a few
+    cache lines (~0.2 ns a key entry on the reference machine, d = 64 or 128);
+    a partial one is zeroed whole (one contiguous fill), then gets its keys (a
+    tiny call's only panel, 16 keys x 64: ~0.4 us, against ~1.1 us lane by
+    lane). Plain element indexing throughout: array views here cost reference
+    counting, which doubled the time of full panels.
+    """
+    wide_vectors()
+    d = k.shape[2]
+    bk = k1 - k0
+    for p in range((bk + NR - 1) // NR):
+        j0 = k0 + p * NR
+        cnt = min(NR, bk - p * NR)
+        if cnt == NR and d % LANES == 0:
+            for c0 in range(0, d, LANES):
+                for l0 in range(0, NR, LANES):
+                    for c in range(c0, c0 + LANES):
+                        for lane in range(l0, l0 + LANES):
+                            out[oz, ot, p, c, lane] = k[zk, j0 + lane, c]
+        else:
+            for c in range(d):
+                for lane in range(NR):
+                    out[oz, ot, p, c, lane] = 0.0
+            for j in range(cnt):
+                for c in range(d):
+                    out[oz, ot, p, c, j] = k[zk, j0 + j, c]
+
+
 @njit(parallel=True, cache=True, nogil=True)
+def pack_keys_into(k, block_k, out):
+    """Pack every key tile of ``k`` (``(Zk, m, d)`` float32) into ``out`` (see :func:`pack_keys`).
+
+    ``out`` is ``(Zk, n_tiles, panels, d, NR)`` and may hold anything: each
+    tile is written by :func:`pack_tile` (zeros past the keys in its last
+    panel; panels past them are never read).
+    """
+    zk_count, m = k.shape[0], k.shape[1]
+    n_tiles = (m + block_k - 1) // block_k
+    for zt in prange(zk_count * n_tiles):
+        z = zt // n_tiles
+        k0 = (zt % n_tiles) * block_k
+        pack_tile(k, z, k0, min(k0 + block_k, m), out, z, zt % n_tiles)
+
+
+@njit(cache=True, nogil=True)
 def pack_keys(k, block_k):
     """Keys ``(Zk, m, d)`` packed for :func:`score_tile`.
 
@@ -130,15 +188,7 @@ def pack_keys(k, block_k):
     n_tiles = (m + block_k - 1) // block_k
     ppt = (block_k + NR - 1) // NR
     out = np.zeros((zk_count, n_tiles, ppt, d, NR), dtype=k.dtype)
-    for zt in prange(zk_count * n_tiles):
-        z = zt // n_tiles
-        t = zt % n_tiles
-        k0 = t * block_k
-        for j in range(min(k0 + block_k, m) - k0):
-            p = j // NR
-            lane = j % NR
-            for c in range(d):
-                out[z, t, p, c, lane] = k[z, k0 + j, c]
+    pack_keys_into(k, block_k, out)
     return out
 
 
