@@ -13,9 +13,13 @@ NumPy inputs give a :class:`CorrelationResult`; xarray inputs give an
 ``n_instances``). ``CorrelationResult.to_dataset()`` converts the first into
 the second.
 
-The statistics and p-values are those of ``scipy.stats.kendalltau`` (tau-b,
-``method="auto"``), ``spearmanr`` and ``pearsonr`` to about 1e-12; the
-kernels are batched Numba loops (``attnkit.kernels.cpu.correlate``).
+The statistics are those of ``scipy.stats.kendalltau`` (tau-b), ``spearmanr``
+and ``pearsonr`` to about 1e-12, and so are the asymptotic p-values; short
+instances get exact or permutation p-values by default (``pvalue_method``).
+``control=`` gives partial correlations, ``groups=`` a cluster bootstrap and
+per-group summaries. The kernels are batched Numba loops
+(``attnkit.kernels.cpu.correlate``). :func:`attnkit.adjust_pvalues` (Holm,
+Benjamini-Hochberg) adjusts the per-instance p-values for multiple comparisons.
 """
 
 from __future__ import annotations
@@ -29,20 +33,31 @@ from . import errors
 from .constants import CORRELATION_METHODS, SPECIAL_TOKENS
 
 __all__ = [
-    "correlate",
-    "compare_correlations",
-    "CorrelationResult",
-    "PairedComparison",
-    "DegenerateInputWarning",
-    "ConstantInputWarning",
-    "TooFewPositionsWarning",
+    "AUTO_EXACT_MAX_N",
     "METHODS",
+    "PVALUE_METHODS",
     "SPECIAL_TOKENS",
+    "ConstantInputWarning",
+    "CorrelationResult",
+    "DegenerateInputWarning",
+    "PairedComparison",
+    "TooFewPositionsWarning",
+    "cluster_bootstrap_mean",
+    "compare_correlations",
+    "correlate",
 ]
 
 METHODS = CORRELATION_METHODS
-PVALUE_METHODS = ("auto", "asymptotic")
-
+PVALUE_METHODS = ("auto", "exact", "asymptotic")
+#: ``pvalue_method="auto"`` uses the exact / permutation p-value for instances
+#: with at most this many valid positions (scipy's cut-off for Kendall's exact test).
+AUTO_EXACT_MAX_N = 33
+#: Permutation p-values enumerate all n! orders up to this n (8! = 40320), and
+#: sample ``n_permutations`` random orders beyond it.
+ENUMERATE_MAX_N = 8
+#: A permuted |statistic| counts as "at least as extreme" when it is at least
+#: |observed| - PERMUTATION_TOL (absorbs rounding; statistics lie in [-1, 1]).
+PERMUTATION_TOL = 1e-12
 
 
 class DegenerateInputWarning(RuntimeWarning):
@@ -77,8 +92,22 @@ class CorrelationResult:
         Fraction of the defined instances with ``pvalue < alpha``.
     n_instances : ndarray of int
         Defined (non-NaN) instances behind each summary value.
-    method, ci, alpha, n_boot, seed, over, pvalue_method
+    method, ci, alpha, n_boot, seed, over, pvalue_method, n_permutations
         The settings used; ``over`` holds the summarised instance axes.
+    control : str or None
+        What the correlation was controlled for: the names of the control
+        DataArrays, ``"given"`` for unnamed arrays (comma-separated when
+        several), None without ``control=``.
+    groups : str or None
+        The grouping of a cluster bootstrap (``"given"`` or the DataArray's
+        name); None without ``groups=``, and then every ``group_*`` is None.
+    group_labels : ndarray or None
+        The sorted distinct group labels (the ``group`` axis below).
+    group_mean_statistic, group_ci_low, group_ci_high : ndarray or None
+        Per group: mean statistic and its percentile-bootstrap interval
+        (resampling the group's instances); shape = the summary shape + (groups,).
+    group_significant_fraction, group_n_instances : ndarray or None
+        Per group: fraction with ``pvalue < alpha`` and defined instances.
     """
 
     statistic: np.ndarray
@@ -96,6 +125,15 @@ class CorrelationResult:
     seed: int | None
     over: tuple = field(default=())
     pvalue_method: str = "auto"
+    n_permutations: int = 9999
+    control: str | None = None
+    groups: str | None = None
+    group_labels: np.ndarray | None = None
+    group_mean_statistic: np.ndarray | None = None
+    group_ci_low: np.ndarray | None = None
+    group_ci_high: np.ndarray | None = None
+    group_significant_fraction: np.ndarray | None = None
+    group_n_instances: np.ndarray | None = None
 
     def to_dataset(self):
         """The result as an ``xarray.Dataset`` (instance dims ``instance_0, ...``).
@@ -116,14 +154,24 @@ class CorrelationResult:
                 for name in ("statistic", "pvalue", "n_positions")}
         for name in ("mean_statistic", "ci_low", "ci_high", "significant_fraction", "n_instances"):
             data[name] = (kept, getattr(self, name))
-        return xr.Dataset(data, attrs=_attrs(self.method, self.ci, self.alpha, self.n_boot,
-                                             self.seed, [inst[i] for i in self.over],
-                                             self.pvalue_method))
+        coords = {}
+        if self.group_labels is not None:
+            for name in GROUP_VARIABLES:
+                data[name] = (kept + ("group",), getattr(self, name))
+            coords["group"] = np.asarray(self.group_labels)
+        return xr.Dataset(data, coords=coords,
+                          attrs=_attrs(self.method, self.ci, self.alpha, self.n_boot, self.seed,
+                                       [inst[i] for i in self.over], self.pvalue_method,
+                                       self.n_permutations, self.control, self.groups))
 
     def __repr__(self) -> str:
         shape = np.shape(self.statistic)
         head = (f"CorrelationResult({self.method}, {int(np.sum(self.n_instances))} of "
                 f"{int(np.prod(shape, dtype=np.int64))} instances defined, shape {shape})")
+        if self.control is not None:
+            head += f"\n  partial, controlling for {self.control}"
+        if self.group_labels is not None:
+            head += f"\n  cluster bootstrap over {len(self.group_labels)} groups"
         if np.ndim(self.mean_statistic) == 0:
             return (f"{head}\n  mean {float(self.mean_statistic):.4f}, {self.ci:.0%} CI "
                     f"[{float(self.ci_low):.4f}, {float(self.ci_high):.4f}], significant at "
@@ -176,12 +224,23 @@ class PairedComparison:
                 f"shape {np.shape(self.mean_difference)})")
 
 
-def _attrs(method, ci, alpha, n_boot, seed, over, pvalue_method):
+GROUP_VARIABLES = ("group_mean_statistic", "group_ci_low", "group_ci_high",
+                   "group_significant_fraction", "group_n_instances")
+
+
+def _attrs(method, ci, alpha, n_boot, seed, over, pvalue_method, n_permutations=None,
+           control=None, groups=None):
     attrs = {"method": method, "ci": float(ci), "n_boot": int(n_boot),
              "seed": -1 if seed is None else int(seed), "over": ",".join(over)}
     if alpha is not None:
         attrs["alpha"] = float(alpha)
         attrs["pvalue_method"] = pvalue_method
+        if n_permutations is not None and pvalue_method != "asymptotic":
+            attrs["n_permutations"] = int(n_permutations)
+    if control is not None:
+        attrs["control"] = control
+    if groups is not None:
+        attrs["groups"] = groups
     return attrs
 
 
@@ -311,17 +370,39 @@ def _exclude_mask(exclude, tokens, valid, full_shape, axis):
                     f"{type(exclude).__name__} of dtype {arr.dtype}. Fix: e.g. exclude=[0, -1].")
 
 
-def _prepare(x, y, axis, lengths, exclude, tokens):
-    """Flatten to kernel form: x, y (B, n) float64, valid (B, n) uint8, inst_shape."""
-    shape = _broadcast(x, y)
+def _broadcast_controls(shape, controls):
+    if not controls:
+        return shape
+    try:
+        return np.broadcast_shapes(shape, *(z.shape for z in controls))
+    except ValueError:
+        bad = next(z.shape for z in controls
+                   if not _broadcastable(shape, z.shape))
+        raise errors.shape_error("control", f"{shape} like x and y (or broadcastable with them)",
+                                 bad, "give one control value per position of every instance, "
+                                 "e.g. the same shape as x") from None
+
+
+def _broadcastable(a, b):
+    try:
+        np.broadcast_shapes(a, b)
+    except ValueError:
+        return False
+    return True
+
+
+def _prepare(x, y, axis, lengths, exclude, tokens, controls=()):
+    """Flatten to kernel form: x, y (B, n) float64, valid (B, n) uint8, inst_shape, and
+    the controls as (B, k, n) float64 (None without controls)."""
+    shape = _broadcast_controls(_broadcast(x, y), controls)
     xb = np.moveaxis(np.broadcast_to(x, shape), axis, -1)
     yb = np.moveaxis(np.broadcast_to(y, shape), axis, -1)
+    zb = [np.moveaxis(np.broadcast_to(z, shape), axis, -1) for z in controls]
     inst_shape, n = xb.shape[:-1], xb.shape[-1]
     valid = np.ones(xb.shape, dtype=bool)
-    if xb.dtype.kind == "f":
-        valid &= ~np.isnan(xb)
-    if yb.dtype.kind == "f":
-        valid &= ~np.isnan(yb)
+    for v in (xb, yb, *zb):
+        if v.dtype.kind == "f":
+            valid &= ~np.isnan(v)
     if lengths is not None:
         valid &= _lengths_mask(lengths, inst_shape, n)
     if exclude is not None:
@@ -331,12 +412,19 @@ def _prepare(x, y, axis, lengths, exclude, tokens):
                                  "pass exclude='special' to drop special tokens, or drop tokens=")
     xs = np.ascontiguousarray(xb, dtype=np.float64).reshape(-1, n)
     ys = np.ascontiguousarray(yb, dtype=np.float64).reshape(-1, n)
-    return xs, ys, valid.reshape(-1, n).view(np.uint8), inst_shape
+    zs = None
+    if controls:
+        zs = np.ascontiguousarray(np.stack([z.astype(np.float64, copy=False) for z in zb],
+                                           axis=-2)).reshape(-1, len(zb), n)
+    return xs, ys, valid.reshape(-1, n).view(np.uint8), inst_shape, zs
 
 
 # ----------------------------------------------------------------------------- statistics
-def _statistics(xs, ys, valid, method, pvalue_method):
-    """statistic, pvalue, count (B,) for the flattened rows."""
+def _statistics(xs, ys, valid, method, pvalue_method, zs=None, n_permutations=9999, seed=0):
+    """statistic, pvalue, count (B,) for the flattened rows (controls ``zs`` (B, k, n))."""
+    if zs is not None:
+        return _partial_statistics(xs, ys, zs, valid, method, pvalue_method, n_permutations,
+                                   seed)
     from scipy import special
 
     from .kernels.cpu import correlate as kernels
@@ -347,9 +435,16 @@ def _statistics(xs, ys, valid, method, pvalue_method):
     if method == "kendall":
         pexact = np.empty(rows)
         z = np.empty(rows)
-        kernels.kendall(xs, ys, valid, 1 if pvalue_method == "auto" else 0, kernels.FACTORIAL,
-                        stat, pexact, z, count)
+        mode = {"asymptotic": 0, "auto": 1, "exact": 2}[pvalue_method]
+        kernels.kendall(xs, ys, valid, mode, kernels.FACTORIAL, stat, pexact, z, count)
         pvalue = np.where(np.isnan(pexact), 2 * special.ndtr(-np.abs(z)), pexact)
+        if pvalue_method != "asymptotic":
+            # rows the exact null distribution does not cover: ties
+            todo = _permutation_rows(stat, count, pvalue_method) & np.isnan(pexact)
+            if todo.any():
+                kernels.kendall_permutation(xs, ys, valid, todo.view(np.uint8),
+                                            n_permutations, ENUMERATE_MAX_N,
+                                            _permutation_seed(seed), kernels.FACTORIAL, pvalue)
         return stat, pvalue, count
     if method == "spearman":
         kernels.spearman(xs, ys, valid, stat, count)
@@ -365,6 +460,65 @@ def _statistics(xs, ys, valid, method, pvalue_method):
     # two positions always fit a line perfectly: no evidence either way
     pvalue = np.where(count == 2, 1.0, pvalue)
     pvalue[np.isnan(stat)] = np.nan
+    if pvalue_method != "asymptotic":
+        _linear_permutation(xs, ys, np.empty((rows, 0, xs.shape[1])), valid,
+                            method == "spearman", _permutation_rows(stat, count, pvalue_method),
+                            n_permutations, seed, pvalue)
+    return stat, pvalue, count
+
+
+def _permutation_rows(stat, count, pvalue_method, dof=None):
+    """Rows that get the exact / permutation p-value: defined, at least one degree of
+    freedom, and (for "auto") at most AUTO_EXACT_MAX_N positions."""
+    dof = count - 2 if dof is None else dof
+    rows = ~np.isnan(stat) & (dof >= 1)
+    if pvalue_method == "auto":
+        rows &= count <= AUTO_EXACT_MAX_N
+    return rows
+
+
+def _permutation_seed(seed):
+    """The uint64 that seeds every row's permutation stream."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+    return np.uint64(int(seed) % 2**64)
+
+
+def _linear_permutation(xs, ys, zs, valid, ranks, todo, n_permutations, seed, pvalue):
+    from .kernels.cpu import correlate as kernels
+
+    if todo.any():
+        kernels.linear_permutation(xs, ys, zs, valid, int(ranks), todo.view(np.uint8),
+                                   n_permutations, ENUMERATE_MAX_N, _permutation_seed(seed),
+                                   PERMUTATION_TOL, kernels.FACTORIAL, pvalue)
+
+
+def _partial_statistics(xs, ys, zs, valid, method, pvalue_method, n_permutations, seed):
+    """Partial correlations given the controls ``zs`` (B, k, n)."""
+    from scipy import special
+
+    from .kernels.cpu import correlate as kernels
+
+    rows = xs.shape[0]
+    stat = np.empty(rows)
+    count = np.empty(rows, dtype=np.int64)
+    if method == "kendall":
+        kernels.partial_kendall(xs, ys, zs, valid, stat, count)
+        # no p-value: see the Notes of ak.correlate
+        return stat, np.full(rows, np.nan), count
+    rank_z = np.empty(rows, dtype=np.int64)
+    kernels.partial_linear(xs, ys, zs, valid, int(method == "spearman"), stat, count, rank_z)
+    dof = count - 2 - rank_z
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = stat * np.sqrt((dof / ((stat + 1.0) * (1.0 - stat))).clip(0))
+        pvalue = 2 * special.stdtr(dof.astype(np.float64), -np.abs(t))
+    # no degree of freedom left: the residuals always fit, no evidence either way
+    pvalue = np.where(dof == 0, 1.0, pvalue)
+    pvalue[np.isnan(stat)] = np.nan
+    if pvalue_method != "asymptotic":
+        _linear_permutation(xs, ys, zs, valid, method == "spearman",
+                            _permutation_rows(stat, count, pvalue_method, dof),
+                            n_permutations, seed, pvalue)
     return stat, pvalue, count
 
 
@@ -376,10 +530,11 @@ def _betaincc(a, b, x):
     return special.betainc(b, a, 1.0 - x)
 
 
-def _warn_degenerate(stat, count, what, stacklevel):
+def _warn_degenerate(stat, count, what, stacklevel, controls=False):
     few = count < 2
     constant = np.isnan(stat) & ~few
     total = stat.size
+    explained = " (or one the controls explain fully)" if controls else ""
     if few.any():
         warnings.warn(TooFewPositionsWarning(
             f"{int(few.sum())} of {total} instances{what} have fewer than 2 valid positions; "
@@ -387,8 +542,9 @@ def _warn_degenerate(stat, count, what, stacklevel):
             stacklevel=stacklevel)
     if constant.any():
         warnings.warn(ConstantInputWarning(
-            f"{int(constant.sum())} of {total} instances{what} have a constant input over their "
-            f"valid positions, where the correlation is not defined; their statistic is NaN "
+            f"{int(constant.sum())} of {total} instances{what} have a constant input{explained} "
+            f"over their valid positions, where the correlation is not defined; their statistic "
+            f"is NaN "
             f"(first: instance {int(np.argmax(constant))} in C order)."),
             stacklevel=stacklevel)
 
@@ -435,17 +591,88 @@ def _grouped(arrays, over, inst_shape):
     return [np.transpose(a, order).reshape(g, -1) for a in arrays], kept_shape
 
 
-def _summarise(stat, pvalue, over, alpha, ci, n_boot, seed):
+def cluster_bootstrap_mean(values, groups, *, n_boot=2000, ci=0.95, seed=0):
+    """Mean of the non-NaN ``values`` with a cluster (group) percentile-bootstrap interval.
+
+    Each resample draws as many groups as there are (groups with at least one
+    non-NaN value) with replacement from ``np.random.default_rng(seed)`` and
+    keeps every value of a drawn group; its mean is the pooled mean of those
+    values (each instance weighs the same, so large groups weigh more). The
+    interval holds the central ``ci`` of the resampled means. The mean itself
+    is the plain mean of the values, as in :func:`bootstrap_mean`. Returns
+    ``(mean, low, high, count)``; NaNs when no value is defined.
+
+    Examples
+    --------
+    >>> from attnkit.correlate import cluster_bootstrap_mean
+    >>> values = [0.1, 0.2, 0.3, 0.5, 0.7, 0.6]
+    >>> mean, low, high, count = cluster_bootstrap_mean(values, [0, 0, 0, 1, 1, 1], seed=0)
+    >>> round(mean, 3), round(low, 3), round(high, 3), count
+    (0.4, 0.2, 0.6, 6)
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    _, codes = np.unique(np.asarray(groups).reshape(-1), return_inverse=True)
+    if codes.size != v.size:
+        raise errors.shape_error("groups", f"one label per value ({v.size})", codes.size,
+                                 "give every value its group")
+    defined = ~np.isnan(v)
+    v, codes = v[defined], codes.reshape(-1)[defined]
+    k = v.size
+    if k == 0:
+        return np.nan, np.nan, np.nan, 0
+    mean = float(v.mean())
+    sums = np.bincount(codes, weights=v)
+    sizes = np.bincount(codes).astype(np.float64)
+    present = sizes > 0
+    sums, sizes = sums[present], sizes[present]
+    g = sums.size
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, (1 << 21) // g)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        pick = rng.integers(0, g, size=(stop - start, g))
+        means[start:stop] = sums[pick].sum(axis=1) / sizes[pick].sum(axis=1)
+    tail = (1.0 - ci) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return mean, float(low), float(high), k
+
+
+def _significant(p, defined, alpha):
+    """Fraction of ``p < alpha`` among the defined instances with a p-value (NaN if none)."""
+    has_p = defined & ~np.isnan(p)
+    return float(np.mean(p[has_p] < alpha)) if has_p.any() else np.nan
+
+
+def _summarise(stat, pvalue, over, alpha, ci, n_boot, seed, codes=None, n_groups=0):
+    """The summary across the ``over`` axes; with group ``codes`` (the shape of the over
+    axes, ints in [0, n_groups)) a cluster bootstrap and per-group summaries too."""
     (s, p), kept_shape = _grouped([stat, pvalue], over, stat.shape)
     out = np.empty((5, s.shape[0]))
+    flat = None if codes is None else np.asarray(codes).reshape(-1)
+    per_group = np.empty((5, s.shape[0], n_groups))
     for g in range(s.shape[0]):
-        mean, low, high, k = bootstrap_mean(s[g], n_boot=n_boot, ci=ci, seed=seed)
+        if flat is None:
+            mean, low, high, k = bootstrap_mean(s[g], n_boot=n_boot, ci=ci, seed=seed)
+        else:
+            mean, low, high, k = cluster_bootstrap_mean(s[g], flat, n_boot=n_boot, ci=ci,
+                                                        seed=seed)
         defined = ~np.isnan(s[g])
-        frac = float(np.mean(p[g][defined] < alpha)) if k else np.nan
+        frac = _significant(p[g], defined, alpha) if k else np.nan
         out[:, g] = (mean, low, high, frac, k)
+        for j in range(n_groups):
+            member = flat == j
+            gm, gl, gh, gk = bootstrap_mean(s[g][member], n_boot=n_boot, ci=ci, seed=seed)
+            gfrac = _significant(p[g][member], defined[member], alpha) if gk else np.nan
+            per_group[:, g, j] = (gm, gl, gh, gfrac, gk)
     shaped = [row.reshape(kept_shape) for row in out]
     shaped[4] = shaped[4].astype(np.int64)
-    return [a[()] if a.ndim == 0 else a for a in shaped]
+    summary = [a[()] if a.ndim == 0 else a for a in shaped]
+    if flat is None:
+        return summary, None
+    groups = [row.reshape(kept_shape + (n_groups,)) for row in per_group]
+    groups[4] = groups[4].astype(np.int64)
+    return summary, groups
 
 
 def _summarise_paired(a, b, over, ci, n_boot, seed):
@@ -491,9 +718,17 @@ def _is_xarray(obj) -> bool:
     return type(obj).__module__.startswith("xarray.")
 
 
-def _xr_inputs(x, y, dim, lengths, exclude, tokens, over):
-    """Broadcast DataArrays by name; return NumPy arrays plus the labels to rebuild."""
+def _xr_inputs(x, y, dim, lengths, exclude, tokens, over, controls=(), groups=None):
+    """Broadcast DataArrays by name; return NumPy arrays plus the labels to rebuild.
+
+    ``labels`` also carries the controls' values (``controls``, each broadcast to
+    (*inst_dims, dim)) and the group labels in the order of the over axes
+    (``groups``, or None).
+    """
     import xarray as xr
+
+    x_dims = getattr(x, "dims", None)
+    x_shape = getattr(x, "shape", None)
 
     for name, value in (("x", x), ("y", y)):
         if not isinstance(value, xr.DataArray):
@@ -544,8 +779,97 @@ def _xr_inputs(x, y, dim, lengths, exclude, tokens, over):
     over_axes = tuple(sorted(inst_dims.index(d) for d in over_dims))
     coords = {k: v for k, v in x.coords.items() if dim not in v.dims}
     coords.update({k: v for k, v in y.coords.items() if dim not in v.dims and k not in coords})
-    labels = dict(inst_dims=inst_dims, over_axes=over_axes, coords=coords)
+    labels = {"inst_dims": inst_dims, "over_axes": over_axes, "coords": coords,
+              "controls": [_xr_control(c, i, len(controls), x, dim, x_dims, x_shape)
+                           for i, c in enumerate(controls)],
+              "groups": None if groups is None else _xr_groups(groups, x, inst_dims, over_axes)}
     return x.values, y.values, lengths, exclude, tokens, labels
+
+
+def _xr_control(control, i, k, x, dim, x_dims, x_shape):
+    """One control as NumPy values broadcast to x's (*inst_dims, dim) layout."""
+    import xarray as xr
+
+    name = "control" if k == 1 else f"control[{i}]"
+    if not isinstance(control, xr.DataArray):
+        arr = np.asarray(control)
+        if arr.shape != tuple(x_shape):
+            raise TypeError(f"{name}: expected an xarray.DataArray like x (or an array of x's "
+                            f"shape {tuple(x_shape)}, dims {tuple(x_dims)}), got "
+                            f"{type(control).__name__} of shape {arr.shape}. Fix: pass e.g. "
+                            f"ds['length'] or xr.DataArray(values, dims=('sample', 'position')).")
+        control = xr.DataArray(arr, dims=x_dims)
+    if dim not in control.dims:
+        raise errors.value_error(f"{name}.dims", f"a dim named {dim!r}", control.dims,
+                                 "give one control value per position")
+    missing = [d for d in control.dims if d not in x.dims]
+    if missing:
+        raise errors.value_error(f"{name}.dims", f"dims among those of x and y {x.dims}",
+                                 control.dims, f"rename or drop {missing}")
+    bad = {d: n for d, n in control.sizes.items() if n not in (x.sizes[d],)}
+    if bad:
+        raise errors.shape_error(name, f"sizes {dict(x.sizes)} like x and y", dict(control.sizes),
+                                 "select the same samples/positions as x")
+    try:
+        control, _ = xr.align(control, x, join="exact")
+    except ValueError as exc:
+        raise errors.value_error(name, "the same coordinate labels as x",
+                                 str(exc).splitlines()[0],
+                                 "select matching samples/positions first") from None
+    return xr.broadcast(control, x)[0].transpose(*x.dims).values
+
+
+def _xr_groups(groups, x, inst_dims, over_axes):
+    """Group labels as an array over the over dims (in axis order)."""
+    import xarray as xr
+
+    over_dims = [inst_dims[i] for i in over_axes]
+    if not isinstance(groups, xr.DataArray):
+        return np.asarray(groups)
+    if set(groups.dims) != set(over_dims):
+        raise errors.value_error("groups.dims", f"the summarised dims {tuple(over_dims)}",
+                                 groups.dims, "label each instance along them, e.g. "
+                                 "groups=ds['source'] over 'sample'")
+    bad = {d: n for d, n in groups.sizes.items() if n != x.sizes[d]}
+    if bad:
+        raise errors.shape_error("groups", f"one label per instance, sizes "
+                                 f"{ {d: x.sizes[d] for d in over_dims} }", dict(groups.sizes),
+                                 "give one group label per sample")
+    try:
+        groups, _ = xr.align(groups, x.isel({d: 0 for d in x.dims if d not in over_dims},
+                                            drop=True), join="exact")
+    except ValueError as exc:
+        raise errors.value_error("groups", "the same coordinate labels as x",
+                                 str(exc).splitlines()[0], "select matching samples first") from None
+    return groups.transpose(*over_dims).values
+
+
+def _group_codes(groups, over_shape):
+    """(sorted distinct labels, int codes of shape ``over_shape``) of the group labels."""
+    arr = np.asarray(groups)
+    if arr.shape != tuple(over_shape):
+        raise errors.shape_error("groups", f"{tuple(over_shape)} (one label per instance along "
+                                 "the summarised axes)", arr.shape,
+                                 "give one group label per sample, e.g. a list as long as the "
+                                 "summarised axis")
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        raise errors.value_error("groups", "a label for every instance", "NaN labels",
+                                 "fill them, or drop those instances")
+    try:
+        labels, codes = np.unique(arr.reshape(-1), return_inverse=True)
+    except TypeError:
+        raise TypeError("groups: expected labels of one sortable type (ints or strings), got "
+                        f"{sorted({type(v).__name__ for v in arr.reshape(-1)})}. Fix: convert "
+                        "them, e.g. np.asarray(groups, dtype=str).") from None
+    return labels, codes.reshape(over_shape)
+
+
+def _control_name(controls):
+    names = []
+    for c in controls:
+        name = getattr(c, "name", None) if _is_xarray(c) else None
+        names.append("given" if name is None else str(name))
+    return ",".join(names)
 
 
 def _xr_dataset(variables, labels, attrs):
@@ -554,18 +878,22 @@ def _xr_dataset(variables, labels, attrs):
 
     inst = labels["inst_dims"]
     kept = tuple(d for i, d in enumerate(inst) if i not in labels["over_axes"])
+    dims = {"instance": inst, "summary": kept, "group": kept + ("group",)}
     data = {}
     for name, (kind, value) in variables.items():
-        data[name] = ((inst if kind == "instance" else kept), np.asarray(value))
+        data[name] = (dims[kind], np.asarray(value))
     coords = {k: v for k, v in labels["coords"].items()
               if set(v.dims) <= set(inst)}
+    if labels.get("group_labels") is not None:
+        coords["group"] = np.asarray(labels["group_labels"])
     ds = xr.Dataset(data, coords=coords, attrs=attrs)
     return ds
 
 
 # ----------------------------------------------------------------------------- public
 def correlate(x, y, *, method="kendall", dim=None, lengths=None, exclude=None, tokens=None,
-              ci=0.95, alpha=0.05, n_boot=2000, seed=0, over=None, pvalue_method="auto"):
+              ci=0.95, alpha=0.05, n_boot=2000, seed=0, over=None, pvalue_method="auto",
+              control=None, groups=None, n_permutations=9999):
     """Per-instance correlation of ``x`` and ``y`` over positions, with a summary.
 
     Each instance (every index of the inputs except ``dim``) gets one
@@ -604,17 +932,43 @@ def correlate(x, y, *, method="kendall", dim=None, lengths=None, exclude=None, t
     n_boot : int
         Bootstrap resamples.
     seed : int or None
-        Seed of the bootstrap; every summary cell uses ``default_rng(seed)``,
-        so a cell's interval does not depend on the other cells.
+        Seed of the bootstrap and of the permutation p-values; every summary
+        cell uses ``default_rng(seed)``, so a cell's interval does not depend on
+        the other cells, and every instance draws its permutations from its own
+        stream derived from (seed, instance index in C order), so p-values do
+        not depend on the number of threads.
     over : int, str or sequence, optional
         Instance axes (NumPy: axes of the result, i.e. of the input without
         ``dim``) or dims (xarray) to summarise across. Default: every instance
         axis for NumPy; ``"sample"`` for xarray when present, else every dim.
-    pvalue_method : {"auto", "asymptotic"}
-        Kendall only. ``"auto"`` is scipy's rule: the exact null distribution
-        for instances without ties and with at most 33 positions (or with at
-        most one discordant/concordant pair), else the normal approximation
-        with the tie-corrected variance. ``"asymptotic"`` always uses the latter.
+    pvalue_method : {"auto", "exact", "asymptotic"}
+        ``"asymptotic"``: the t distribution (Spearman; partial correlations
+        with n - 2 - k degrees of freedom), the exact-under-normality beta
+        distribution (Pearson) or the normal approximation with the
+        tie-corrected variance (Kendall), as scipy. ``"exact"``: Kendall without
+        ties uses its exact null distribution (any n, as
+        ``kendalltau(method="exact")``); everything else gets a permutation
+        p-value, over all n! orders for n <= 8 and from ``n_permutations``
+        random orders beyond (see Notes). ``"auto"`` (default): as ``"exact"``
+        for instances with at most :data:`AUTO_EXACT_MAX_N` (33) valid
+        positions, as ``"asymptotic"`` for longer ones, except that Kendall
+        without ties and with at most one discordant (or concordant) pair stays
+        exact at any n (scipy's rule).
+    control : array_like, xarray.DataArray or sequence of them, optional
+        Control variable(s) for a partial correlation, one value per position
+        (the shape of ``x``, or broadcastable like ``x`` and ``y``; DataArrays
+        are aligned like ``x`` and ``y``). Positions where a control is NaN are
+        invalid too. Spearman: the Pearson r of the residuals of rank(x) and
+        rank(y) after a least-squares fit (with intercept) on the controls'
+        ranks; Pearson: the same on the raw values; Kendall (one control only):
+        Kendall's partial tau, whose p-value is NaN (see Notes).
+    groups : array_like or xarray.DataArray, optional
+        A label per instance along the ``over`` axes (e.g. one per sample: the
+        source corpus, the annotator, the prompt template). The summary
+        interval then comes from a cluster bootstrap over groups, and per-group
+        summaries are added (see Returns).
+    n_permutations : int
+        Random orders per instance for permutation p-values beyond n = 8.
 
     Returns
     -------
@@ -622,22 +976,50 @@ def correlate(x, y, *, method="kendall", dim=None, lengths=None, exclude=None, t
         NumPy inputs give a :class:`CorrelationResult`; xarray inputs a Dataset
         with ``statistic``, ``pvalue`` and ``n_positions`` over the instance
         dims and ``mean_statistic``, ``ci_low``, ``ci_high``, ``significant_fraction``
-        and ``n_instances`` over the instance dims not in ``over``.
+        and ``n_instances`` over the instance dims not in ``over``. With
+        ``groups``: ``group_mean_statistic``, ``group_ci_low``, ``group_ci_high``,
+        ``group_significant_fraction`` and ``group_n_instances`` over those dims
+        plus ``group`` (the sorted labels as its coordinate). The attrs record
+        the settings, ``control`` (the controls' names, ``"given"`` for unnamed
+        ones) and ``groups`` when used.
 
     Warns
     -----
     TooFewPositionsWarning
         Instances with fewer than 2 valid positions (statistic NaN).
     ConstantInputWarning
-        Instances where ``x`` or ``y`` is constant over the valid positions
-        (statistic NaN). Both are :class:`DegenerateInputWarning`.
+        Instances where ``x`` or ``y`` is constant over the valid positions, or
+        (with controls) a linear function of the controls there (statistic
+        NaN). Both are :class:`DegenerateInputWarning`.
 
     Notes
     -----
     With exactly 2 valid positions the statistic is +-1 and the p-value is 1
     for every method (scipy gives NaN for Spearman there, from a t test with
-    0 degrees of freedom). Kendall tau-b runs in O(n log n) per instance
-    (Knight's algorithm). NaN statistics are left out of the summary.
+    0 degrees of freedom); likewise a partial correlation with no degree of
+    freedom left (n = 2 + k). Kendall tau-b runs in O(n log n) per instance
+    (Knight's algorithm). NaN statistics are left out of the summary, and NaN
+    p-values out of ``significant_fraction`` (NaN when no p-value is defined).
+
+    Permutation p-values permute y against x within the instance (ties kept:
+    the ranks are permuted) and count the orders with |statistic| at least
+    |observed| - 1e-12: p = count / n! when all n! orders are enumerated
+    (n <= 8), else p = (1 + count) / (1 + n_permutations). For Kendall the
+    tau-b denominator does not change under permutation, so the counts compare
+    the integer S = concordant - discordant exactly. Partial Spearman/Pearson
+    permute the residuals of y (Freedman & Lane 1983) and recompute the
+    partial correlation each time; this is an approximate test (residuals are
+    only approximately exchangeable). Kendall's partial tau has no p-value
+    (NaN): its null distribution depends on the unknown joint distribution of
+    x, y and the control, and permuting y tests a different hypothesis (y
+    independent of both x and the control); use Spearman or Pearson for tests.
+
+    The group summaries resample whole groups: each resample draws as many
+    groups as are present, with replacement, and takes the mean over all
+    instances of the drawn groups (a pooled mean, weighted by instances, so
+    ``mean_statistic`` itself is unchanged). Instances within a group are
+    often correlated (same source, same template), and the cluster interval is
+    then wider and honest where the plain one is too narrow.
 
     Examples
     --------
@@ -656,40 +1038,95 @@ def correlate(x, y, *, method="kendall", dim=None, lengths=None, exclude=None, t
     >>> r = ak.correlate(attn, impact, lengths=rng.integers(5, 13, 200), exclude=[0, -1])
     >>> int(r.n_positions.max()) <= 10
     True
+
+    Controlling for position, and a cluster bootstrap over 20 sources:
+
+    >>> position = np.broadcast_to(np.arange(12.0), attn.shape)
+    >>> r = ak.correlate(attn, impact, method="spearman", control=position,
+    ...                  groups=np.repeat(np.arange(20), 10))
+    >>> r.control, r.group_mean_statistic.shape, int(r.group_n_instances.sum())
+    ('given', (20,), 200)
     """
     ci, alpha, n_boot, seed = _check_common(method, ci, alpha, n_boot, seed, pvalue_method)
-    if _is_xarray(x) or _is_xarray(y):
+    n_permutations = errors.positive_int("n_permutations", n_permutations)
+    if n_permutations >= 2**31:
+        raise errors.value_error("n_permutations", "fewer than 2**31", n_permutations,
+                                 "9999 or 99999 are the usual choices")
+    controls = _control_list(control)
+    groups_arg = groups
+    if controls and method == "kendall" and len(controls) > 1:
+        raise errors.value_error("control", "one control for method='kendall' (Kendall's "
+                                 "partial tau)", f"{len(controls)} controls",
+                                 "pass one control, or use method='spearman' or 'pearson', "
+                                 "which regress on several")
+    xarray_input = _is_xarray(x) or _is_xarray(y)
+    if xarray_input:
         dim = "position" if dim is None else dim
         xv, yv, lengths, exclude, tokens, labels = _xr_inputs(x, y, dim, lengths, exclude,
-                                                              tokens, over)
+                                                              tokens, over, controls, groups)
         xv, yv = _as_real("x", xv), _as_real("y", yv)
-        xs, ys, valid, inst_shape = _prepare(xv, yv, xv.ndim - 1, lengths, exclude, tokens)
+        zv = [_as_real("control", z) for z in labels["controls"]]
+        xs, ys, valid, inst_shape, zs = _prepare(xv, yv, xv.ndim - 1, lengths, exclude, tokens,
+                                                 zv)
         over_axes = labels["over_axes"]
+        groups = labels["groups"]
     else:
         xv, yv = _as_real("x", x), _as_real("y", y)
-        ndim = max(xv.ndim, yv.ndim)
+        zv = [_as_real("control", z) for z in controls]
+        ndim = max(v.ndim for v in (xv, yv, *zv))
         axis = _normalise_axis(-1 if dim is None else dim, ndim)
-        xv = xv.reshape((1,) * (ndim - xv.ndim) + xv.shape)
-        yv = yv.reshape((1,) * (ndim - yv.ndim) + yv.shape)
-        xs, ys, valid, inst_shape = _prepare(xv, yv, axis, lengths, exclude, tokens)
+        xv, yv, *zv = (v.reshape((1,) * (ndim - v.ndim) + v.shape) for v in (xv, yv, *zv))
+        xs, ys, valid, inst_shape, zs = _prepare(xv, yv, axis, lengths, exclude, tokens, zv)
         over_axes = _over_axes(over, len(inst_shape))
-    stat, pvalue, count = _statistics(xs, ys, valid, method, pvalue_method)
-    _warn_degenerate(stat, count, "", stacklevel=3)
+    group_labels, codes = (None, None) if groups is None else _group_codes(
+        groups, tuple(inst_shape[i] for i in over_axes))
+    stat, pvalue, count = _statistics(xs, ys, valid, method, pvalue_method, zs, n_permutations,
+                                      seed)
+    _warn_degenerate(stat, count, "", stacklevel=3, controls=bool(controls))
     stat, pvalue, count = (a.reshape(inst_shape) for a in (stat, pvalue, count))
-    summary = _summarise(stat, pvalue, over_axes, alpha, ci, n_boot, seed)
-    if _is_xarray(x) or _is_xarray(y):
+    summary, per_group = _summarise(stat, pvalue, over_axes, alpha, ci, n_boot, seed, codes,
+                                    0 if group_labels is None else len(group_labels))
+    control_name = _control_name(controls) if controls else None
+    groups_name = None
+    if group_labels is not None:
+        named = _is_xarray(groups_arg) and groups_arg.name is not None
+        groups_name = str(groups_arg.name) if named else "given"
+    if xarray_input:
         names = ("mean_statistic", "ci_low", "ci_high", "significant_fraction", "n_instances")
         variables = {"statistic": ("instance", stat), "pvalue": ("instance", pvalue),
                      "n_positions": ("instance", count)}
         variables.update({n: ("summary", v) for n, v in zip(names, summary)})
+        if per_group is not None:
+            variables.update({n: ("group", v) for n, v in zip(GROUP_VARIABLES, per_group)})
+            labels["group_labels"] = group_labels
         over_dims = [labels["inst_dims"][i] for i in over_axes]
         return _xr_dataset(variables, labels,
-                           _attrs(method, ci, alpha, n_boot, seed, over_dims, pvalue_method))
+                           _attrs(method, ci, alpha, n_boot, seed, over_dims, pvalue_method,
+                                  n_permutations, control_name, groups_name))
+    extra = {}
+    if per_group is not None:
+        extra = dict(zip(GROUP_VARIABLES, per_group), group_labels=group_labels,
+                     groups=groups_name)
     return CorrelationResult(stat[()] if stat.ndim == 0 else stat,
                              pvalue[()] if pvalue.ndim == 0 else pvalue,
                              count[()] if count.ndim == 0 else count, *summary,
                              method=method, ci=ci, alpha=alpha, n_boot=n_boot, seed=seed,
-                             over=over_axes, pvalue_method=pvalue_method)
+                             over=over_axes, pvalue_method=pvalue_method,
+                             n_permutations=n_permutations, control=control_name, **extra)
+
+
+def _control_list(control):
+    """``control`` as a list of arrays/DataArrays ([] for None)."""
+    if control is None:
+        return []
+    if isinstance(control, (list, tuple)):
+        if len(control) == 0:
+            raise errors.value_error("control", "an array or a non-empty sequence of arrays",
+                                     "an empty sequence", "pass control=None for no control")
+        # several controls are a list/tuple of arrays; nested lists are one control
+        if all(_is_xarray(c) or isinstance(c, np.ndarray) for c in control):
+            return list(control)
+    return [control]
 
 
 def compare_correlations(a, b, y, *, method="kendall", dim=None, lengths=None, exclude=None,
@@ -777,7 +1214,7 @@ def compare_correlations(a, b, y, *, method="kendall", dim=None, lengths=None, e
         over_axes = None
     stats = []
     for score in (av, bv):
-        xs, ys, valid, inst_shape = _prepare(score, yv, axis, lengths_, exclude_, tokens_)
+        xs, ys, valid, inst_shape, _ = _prepare(score, yv, axis, lengths_, exclude_, tokens_)
         stat, _, count = _statistics(xs, ys, valid, method, "asymptotic")
         _warn_degenerate(stat, count, " of a" if not stats else " of b", stacklevel=3)
         stats.append(stat.reshape(inst_shape))

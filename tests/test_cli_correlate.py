@@ -164,3 +164,115 @@ def test_dataset_without_impact(tmp_path, rng):
     ak.save_dataset(ds, path)
     assert_user_error(run("correlate", str(path)), "expected an `impact` variable",
                       "attnkit ablate")
+
+
+# ----------------------------------------------------------------------------- issue 18 options
+@pytest.fixture
+def controlled(dataset, tmp_path):
+    """The toy dataset plus a per-position control and a per-sample grouping."""
+    _, ds = dataset
+    n = ds.sizes["position"]
+    lengths = ds.length.values
+    position = np.where(np.arange(n) < lengths[:, None], np.arange(n) * 1.0, np.nan)
+    ds = ds.assign(position_score=(("sample", "position"), position),
+                   source=("sample", np.array(["news", "wiki", "chat"])[np.arange(len(lengths)) % 3]))
+    path = tmp_path / "controlled.nc"
+    ak.save_dataset(ds, path)
+    return str(path), ds
+
+
+def test_control_groups_pvalue_method_and_adjust(controlled, tmp_path):
+    path, ds = controlled
+    out = tmp_path / "corr.csv"
+    result = run("correlate", path, "--method", "spearman", "--control", "position_score",
+                 "--groups", "source", "--pvalue-method", "exact", "--adjust", "holm",
+                 "--n-boot", "200", "--layer", "0-1", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    head = result.output.splitlines()[0]
+    assert head.startswith("Partial Spearman rho given position_score")
+    assert "cluster bootstrap over the groups of source" in head and "Holm" in head
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"significant_holm", "groups"} <= set(rows[0])
+    assert all(r["groups"] == "3" for r in rows)
+    # the same numbers as the API
+    raw = ak.attention_scores(ds, "raw", layers=[0, 1])
+    target = xr.DataArray(ds.impact.values[..., 0], dims=("sample", "position"))
+    control = xr.DataArray(ds.position_score.values, dims=("sample", "position"),
+                           name="position_score")
+    groups = xr.DataArray(ds.source.values, dims="sample", name="source")
+    ref = ak.correlate(raw, target, method="spearman", exclude="special", n_boot=200,
+                       lengths=xr.DataArray(ds.length.values, dims="sample"), control=control,
+                       groups=groups, pvalue_method="exact")
+    assert ref.attrs["control"] == "position_score" and ref.attrs["groups"] == "source"
+    adjusted = ak.adjust_pvalues(ref.pvalue, "holm", dim="sample")
+    for j, row in enumerate(r for r in rows if r["impact"] == "delete"):
+        assert float(row["mean"]) == pytest.approx(float(ref.mean_statistic[j]), rel=1e-12)
+        assert float(row["ci_low"]) == pytest.approx(float(ref.ci_low[j]), rel=1e-12)
+        assert float(row["significant"]) == pytest.approx(float(ref.significant_fraction[j]))
+        defined = adjusted[:, j].notnull()
+        want = float((adjusted[:, j][defined] < 0.05).mean())
+        assert float(row["significant_holm"]) == pytest.approx(want)
+        assert float(row["significant_holm"]) <= float(row["significant"])
+
+
+def test_netcdf_output_has_adjusted_pvalues_and_group_summaries(controlled, tmp_path):
+    path, _ds = controlled
+    out = tmp_path / "corr.nc"
+    result = run("correlate", path, "--groups", "source", "--adjust", "bh", "--n-boot", "50",
+                 "--pvalue-method", "asymptotic", "-o", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    back = xr.open_dataset(out, engine="h5netcdf")
+    assert back.attrs["adjust"] == "bh" and back.attrs["groups"] == "source"
+    assert back.attrs["pvalue_method"] == "asymptotic"
+    assert back["pvalue_adjusted"].dims == back["pvalue"].dims
+    assert back["group_mean_statistic"].dims == ("impact", "score", "layer", "group")
+    assert sorted(back["group"].values.tolist()) == ["chat", "news", "wiki"]
+    p = back["pvalue"].sel(impact="mask", score="raw").isel(layer=0).values
+    got = back["pvalue_adjusted"].sel(impact="mask", score="raw").isel(layer=0).values
+    assert_allclose(got, ak.adjust_pvalues(p, "bh"), rtol=1e-12, equal_nan=True)
+    back.close()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--control", "nothing"], ["--control: expected one of ['position_score'", "Fix:"]),
+    (["--control", "position_score", "--control", "position_score2"],
+     ["--control: expected one of"]),
+    (["--groups", "nothing"], ["--groups: expected a per-sample variable", "source", "Fix:"]),
+    (["--groups", "position_score"], ["--groups: expected a variable with dims ('sample',)"]),
+    (["--pvalue-method", "permutation"], ["Invalid value for '--pvalue-method'"]),
+    (["--adjust", "bonferroni"], ["Invalid value for '--adjust'"]),
+])
+def test_option_errors(controlled, args, fragments):
+    path, _ = controlled
+    result = run("correlate", path, *args)
+    if "Invalid value" in fragments[0]:  # click's own usage error
+        assert result.exit_code == 2 and fragments[0] in result.output
+    else:
+        assert_user_error(result, *fragments)
+
+
+def test_kendall_takes_one_control(controlled):
+    path, ds = controlled
+    path2 = path.replace(".nc", "2.nc")
+    ak.save_dataset(ds.assign(other=ds.position_score ** 2), path2)
+    assert_user_error(run("correlate", path2, "--control", "position_score", "--control", "other"),
+                      "--control: expected one control with --method kendall", "Fix:")
+    result = run("correlate", path2, "--control", "position_score", "--n-boot", "20")
+    assert result.exit_code == 0 and "has no p-value" in result.output
+
+
+def test_control_kind_from_baseline_scores(controlled, tmp_path):
+    """A control kind of ak.baseline_scores: `position` is the position index, as the
+    dataset's own position_score variable."""
+    path, _ds = controlled
+    kind, own = tmp_path / "kind.nc", tmp_path / "own.nc"
+    common = ["--method", "pearson", "--n-boot", "50", "--pvalue-method", "asymptotic", "-q"]
+    assert run("correlate", path, "--control", "position", "-o", str(kind), *common).exit_code == 0
+    assert run("correlate", path, "--control", "position_score", "-o", str(own),
+               *common).exit_code == 0
+    a, b = xr.open_dataset(kind, engine="h5netcdf"), xr.open_dataset(own, engine="h5netcdf")
+    assert a.attrs["control"] == "position" and b.attrs["control"] == "position_score"
+    assert_allclose(a["statistic"].values, b["statistic"].values, rtol=1e-12, equal_nan=True)
+    a.close()
+    b.close()

@@ -76,11 +76,18 @@ def quiet_correlate(*args, **kwargs):
 def test_matches_scipy(rng, method, ties):
     rows, n = int(rng.integers(20, 40)), int(rng.integers(3, 70))
     x, y, lengths = ragged_pairs(rng, rows, n, ties)
-    res = quiet_correlate(x, y, method=method, n_boot=10)
+    # scipy's p-values are asymptotic here except Kendall's without ties, which is exact for
+    # n <= 33 in both; our "auto" is exact/permutation for every method at n <= 33 (checked in
+    # tests/test_correlate_controls.py)
+    pvalue_method = "auto" if method == "kendall" and not ties else "asymptotic"
+    kwargs = {"method": "asymptotic"} if method == "kendall" and ties else {}
+    res = quiet_correlate(x, y, method=method, n_boot=10, pvalue_method=pvalue_method)
     assert res.statistic.shape == (rows,)
     assert_array_equal(res.n_positions, lengths)
     for i, length in enumerate(lengths):
-        ref = scipy_reference(method, x[i, :length], y[i, :length])
+        # (scipy's asymptotic Kendall divides by n - 2; at n = 2 our p-value is 1 anyway)
+        ref = scipy_reference(method, x[i, :length], y[i, :length],
+                              **(kwargs if length > 2 else {}))
         assert_matches_scipy(res.statistic[i], res.pvalue[i], ref, err_msg=f"row {i}")
 
 
@@ -111,7 +118,7 @@ def test_kendall_asymptotic_pvalue_method(rng):
 def test_leading_dims_and_axis(rng):
     x = rng.integers(0, 4, (3, 11, 4)).astype(float)
     y = rng.integers(0, 4, (3, 11, 1)).astype(float)  # broadcasts over the last axis
-    res = quiet_correlate(x, y, method="spearman", dim=1, n_boot=10)
+    res = quiet_correlate(x, y, method="spearman", dim=1, n_boot=10, pvalue_method="asymptotic")
     assert res.statistic.shape == (3, 4)
     for i in range(3):
         for j in range(4):
@@ -173,8 +180,11 @@ def test_lengths_and_nan_padding_are_respected(rng, method):
         garbage_x[i, length:] = rng.standard_normal(n - length) * 1e6
         garbage_y[i, length:] = 7.0
         padded_y[i, length:] = np.nan  # NaN in one input is enough
-    by_lengths = ak.correlate(garbage_x, garbage_y, method=method, lengths=lengths, n_boot=10)
-    by_nan = ak.correlate(padded_x, padded_y, method=method, n_boot=10)
+    # like scipy: Kendall exact without ties (these have none), the others asymptotic
+    asymptotic = {"method": method, "n_boot": 10,
+                  "pvalue_method": "auto" if method == "kendall" else "asymptotic"}
+    by_lengths = ak.correlate(garbage_x, garbage_y, lengths=lengths, **asymptotic)
+    by_nan = ak.correlate(padded_x, padded_y, **asymptotic)
     for i, length in enumerate(lengths):
         ref = scipy_reference(method, x[i, :length], y[i, :length])
         assert_allclose([by_lengths.statistic[i], by_lengths.pvalue[i]], ref, **TOL)
@@ -300,7 +310,8 @@ def test_xarray_inputs_give_a_dataset(rng):
 
 def test_xarray_special_tokens_lengths_and_pairing(rng):
     sc, im, lengths = make_xarray(rng)
-    ds = quiet_correlate(sc, im, exclude="special", method="spearman", n_boot=50)
+    ds = quiet_correlate(sc, im, exclude="special", method="spearman", n_boot=50,
+                         pvalue_method="asymptotic")
     assert_array_equal(ds.n_positions.isel(layer=0).values, lengths - 2)
     # the token coordinate may sit on either input
     other = quiet_correlate(sc.drop_vars("token"), im, exclude="special", n_boot=5)
@@ -366,7 +377,7 @@ def test_merge_sort_kernels_against_numpy(rng):
     ({"exclude": [0.5]}, TypeError, "exclude: expected 'special'"),
     ({"tokens": ["a"] * 4}, ValueError, "tokens: expected exclude='special'"),
     ({"over": 2}, ValueError, "over: expected instance axes"),
-    ({"pvalue_method": "exact"}, ValueError, "pvalue_method: expected"),
+    ({"pvalue_method": "permutation"}, ValueError, "pvalue_method: expected"),
 ])
 def test_errors(kwargs, error, match):
     x = np.arange(8.0).reshape(2, 4)
