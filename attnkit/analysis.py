@@ -83,22 +83,54 @@ def _layer_table(stats) -> list[dict]:
     return rows
 
 
-def _scores(ds, kinds, residual, attributions):
-    """Attention scores per layer, and the stored attributions at the last layer.
+#: Control scores correlated beside the attention scores (at the last layer).
+CONTROLS = ("random", "position", "length")
+#: Attention scores also read from [CLS] when the model reads its output elsewhere, as the
+#: earlier studies did (flow from [CLS] is degenerate on MiniLM: kept, labelled as such).
+CLS_KINDS = ("raw", "rollout", "flow")
+
+
+def _scores(ds, kinds, residual, attributions, target=None):
+    """Attention scores per layer at the read-out (and at [CLS]); attributions and
+    controls at the last layer.
 
     Attributions explain the whole model, so they sit at the last layer, beside
-    the scores that have seen every layer.
+    the scores that have seen every layer; so do the controls, which need no model.
     """
     import attnkit as ak
     from .attribution import METHOD_DIM
 
-    out = {kind: ak.attention_scores(ds, kind, residual=residual) for kind in kinds}
+    out = {kind: ak.attention_scores(ds, kind, residual=residual, target=target)
+           for kind in kinds}
+    read_at = next(iter(out.values())).attrs["target"] if out else "0"
+    if read_at != "0":
+        for kind in (k for k in CLS_KINDS if k in kinds):
+            out[f"{kind}_cls"] = ak.attention_scores(ds, kind, residual=residual, target=0)
     last = ds.sizes["layer"] - 1
+
+    def at_last_layer(a):
+        return a.drop_vars("token", errors="ignore").expand_dims(layer=[last], axis=1)
+
     for name in attributions:
+        if name == "grad_rollout" and "grad" in out and target is None:
+            continue  # the `grad` score's last layer, read at the same read-out: the same numbers
         a = ds["attribution"]
-        a = a.sel({METHOD_DIM: name}, drop=True) if METHOD_DIM in a.dims else a
-        out[name] = a.drop_vars("token", errors="ignore").expand_dims(layer=[last], axis=1)
+        out[name] = at_last_layer(a.sel({METHOD_DIM: name}, drop=True) if METHOD_DIM in a.dims
+                                  else a)
+    for kind in CONTROLS:
+        if kind == "length" and ("token" not in ds.variables
+                                 or str(ds.attrs.get("readout", "")) == "patches"):
+            continue
+        out[kind] = at_last_layer(ak.baseline_scores(ds, kind))
     return out
+
+
+def score_target(ds, target=None) -> str:
+    """The read-out attention scores explain, as a label ("mean", "patches", "0", ...)."""
+    from .readout import readout_weights
+
+    return readout_weights(target, ds["length"].values[:1], ds.sizes["key"],
+                           readout=ds.attrs.get("readout")).label
 
 
 def _stored_attributions(ds) -> list[str]:
@@ -198,7 +230,7 @@ def _results_dataset(ds, stats, scores, correlation):
 
     out = stats.copy()
     for kind, score in scores.items():
-        if kind in SCORE_KINDS:  # attributions are in the input dataset already
+        if kind.removesuffix("_cls") in SCORE_KINDS:  # attributions are in the input already
             out[f"{kind}_score"] = score.drop_vars("token", errors="ignore")
     if correlation:
         frame = pd.DataFrame(correlation).set_index(["score", "impact", "method", "layer"])
@@ -210,7 +242,7 @@ def _results_dataset(ds, stats, scores, correlation):
     return out
 
 
-def _figures(ds, stats, scores, correlation, folder: Path) -> list[Path]:
+def _figures(ds, stats, scores, correlation, tables, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -243,7 +275,8 @@ def _figures(ds, stats, scores, correlation, folder: Path) -> list[Path]:
                           title=f"Rollout, sample {sample}").figure, "rollout.png")
     save(plot.flow_map(ak.attention_flow(one).values[0, :length, :length], tokens,
                        title=f"Attention flow, sample {sample}").figure, "flow.png")
-    attributions = [k for k in scores if k not in SCORE_KINDS]
+    attributions = [k for k in scores if k not in SCORE_KINDS and k not in CONTROLS
+                    and not k.endswith("_cls")]
     if attributions:
         rows = {}
         if "impact" in ds.variables:
@@ -258,21 +291,33 @@ def _figures(ds, stats, scores, correlation, folder: Path) -> list[Path]:
                                f"sample {sample}"), "attributions.png")
     if correlation:
         for method in sorted({row["method"] for row in correlation}):
-            rows = [r for r in correlation if r["method"] == method]
+            rows = [r for r in correlation if r["method"] == method  # the per-layer scores
+                    and r["score"].removesuffix("_cls") in SCORE_KINDS]
             save(plot.correlation_plot(rows, method=method), f"correlation_{method}.png")
+    if tables.get("secondary"):
+        row = tables["secondary"][0]
+        save(plot.score_forest(tables["secondary"], controls=CONTROLS,
+                               title=f"{row['method'].capitalize()} with {row['impact']} impact, "
+                                     f"last layer, read at {tables['target']}"),
+             "scores_last_layer.png")
     return made
 
 
+def markdown_table(rows) -> str:
+    """Rows of dicts as a Markdown table: floats to 3 decimals, columns in order
+    of first appearance, blank where a row lacks one."""
+    if not rows:
+        return "(none)\n"
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float)
+                                       else str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _markdown(tables, seconds, ds, quick) -> str:
-    def table(rows):
-        if not rows:
-            return "(none)\n"
-        cols = list(rows[0])
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in rows:
-            lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])
-                                           for c in cols) + " |")
-        return "\n".join(lines) + "\n"
+    table = markdown_table
 
     parts = [f"# attnkit analyze: {ds.attrs.get('model', '') or 'attention dataset'}\n",
              f"{ds.sizes['sample']} samples{' (quick run)' if quick else ''}, "
@@ -281,10 +326,37 @@ def _markdown(tables, seconds, ds, quick) -> str:
              "## Head statistics per layer (means over samples and heads)\n", table(tables["layers"])]
     if tables.get("missing"):
         parts += ["## Scores left out, and why\n", table(tables["missing"])]
+    if tables.get("primary"):
+        parts += ["## Primary contrast (pre-specified)\n",
+                  "Rollout against raw attention of the last layer, both read at the model's "
+                  f"read-out ({tables['target']}), Spearman with deletion impact, paired over the "
+                  "same samples: mean difference, 95% bootstrap CI, two-sided Wilcoxon "
+                  "signed-rank p of the per-sample differences.\n",
+                  table(tables["primary"])]
+    if tables.get("secondary"):
+        parts += ["## Secondary: every score at the last layer\n",
+                  "Mean per-sample Spearman with deletion impact (95% percentile-bootstrap CI "
+                  "over samples; the groups are summarised apart below); p_wilcoxon: "
+                  "signed-rank test of the per-sample correlations against 0, p_holm: "
+                  "Holm-adjusted over this table; significant_fraction: samples with p < 0.05 "
+                  "(exact/permutation p for short samples), _bh: after Benjamini-Hochberg within "
+                  "the score; partial_given_length: partial Spearman given the token-length "
+                  "control. `random`, `position` and `length` are controls that need no model; "
+                  "`*_cls` read [CLS] instead of the read-out.\n",
+                  table(tables["secondary"])]
+    if tables.get("groups"):
+        parts += ["## Per sentence group (last layer, Spearman with deletion impact)\n",
+                  table(tables["groups"])]
+    if tables.get("length_bins"):
+        parts += ["## Per length bin (content tokens; last layer)\n",
+                  "The fraction of significant samples grows with length: short samples have "
+                  "too few positions for any test to reject.\n",
+                  table(tables["length_bins"])]
     if tables.get("correlation"):
-        parts += ["## Attention scores vs leave-one-out impact (mean over samples, 95% bootstrap CI)\n",
-                  "Attributions (input x gradient, integrated gradients, grad_rollout, ...) explain "
-                  "the whole model and are listed at the last layer.\n",
+        parts += ["## Attention scores vs leave-one-out impact per layer (mean over samples, "
+                  "95% bootstrap CI)\n",
+                  "Attributions (input x gradient, integrated gradients, grad_rollout, ...) and "
+                  "controls are listed at the last layer.\n",
                   table(tables["correlation"])]
     if tables.get("paired"):
         parts += ["## Rollout minus raw attention (paired, same samples)\n", table(tables["paired"])]
@@ -296,7 +368,7 @@ def _markdown(tables, seconds, ds, quick) -> str:
 
 def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
             attributions=None, methods=("spearman", "kendall"), residual: float = 0.5,
-            n_boot: int = 1000,
+            target=None, n_boot: int = 1000,
             seed: int = 0, equivariance: bool = True, figures: bool = True, progress=None):
     """Run the whole analysis of an attention dataset.
 
@@ -312,7 +384,10 @@ def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
         Smoke run: the first :data:`QUICK_SAMPLES` samples, 200 bootstrap
         resamples, quick equivariance checks.
     scores : sequence of {"raw", "rollout", "flow", "grad"}
-        [CLS] scores to correlate with impact ("grad" only with gradients).
+        Attention scores to correlate with impact ("grad" only with
+        gradients), read at ``target``; when that is not [CLS], raw, rollout
+        and flow are also read at [CLS] (``raw_cls``, ...) as earlier studies
+        did. The controls (random, position, token length) are always added.
     attributions : sequence of str, optional
         Stored ``attribution`` methods to correlate too (listed at the last
         layer); default: all the dataset holds. Scores that cannot be computed
@@ -320,6 +395,9 @@ def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
     methods : sequence of {"spearman", "kendall", "pearson"}
     residual : float
         Residual weight of rollout and flow.
+    target : int, str or array, optional
+        The output the attention scores explain (:func:`attnkit.attention_scores`);
+        default: the dataset's ``readout`` attr (MiniLM: "mean").
     n_boot, seed : int
         Bootstrap resamples and seed of the confidence intervals.
     equivariance, figures : bool
@@ -356,19 +434,25 @@ def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
     chosen = stored if attributions is None else [a for a in attributions if a in stored]
     missing = missing_scores(ds, scores, attributions)
     has_impact = "impact" in ds.variables
-    total = 3 + int(has_impact) + int(equivariance) + int(figures) + int(output_dir is not None)
+    total = 3 + 2 * int(has_impact) + int(equivariance) + int(figures) + int(output_dir is not None)
     steps = _Steps(progress, total)
     steps.run("validate", ak.validate, ds)
     stats = steps.run("head statistics", ak.head_stats, ds)
-    score_arrays = steps.run(f"scores ({', '.join(kinds + chosen)})", _scores, ds, kinds,
-                             residual, chosen)
-    tables = {"layers": _layer_table(stats), "missing": missing}
+    read_at = score_target(ds, target)
+    score_arrays = steps.run(f"scores at the read-out ({read_at}), attributions, controls",
+                             _scores, ds, kinds, residual, chosen, target)
+    tables = {"layers": _layer_table(stats), "missing": missing, "target": read_at}
     correlation = []
     if has_impact:
         correlation, paired = steps.run("correlation with impact", _correlations, ds,
                                         score_arrays, methods, n_boot, seed)
         tables["correlation"] = correlation
         tables["paired"] = paired
+        from ._study import study_tables
+
+        tables.update(steps.run("primary contrast, corrected secondary table, groups",
+                                study_tables, ds, score_arrays, n_boot=n_boot, seed=seed,
+                                target=read_at))
     if equivariance:
         tables["equivariance"] = steps.run("equivariance checks", _equivariance, seed)
     results = _results_dataset(ds, stats, score_arrays, correlation)
@@ -378,7 +462,7 @@ def analyze(data, output_dir=None, *, quick: bool = False, scores=SCORE_KINDS,
         folder.mkdir(parents=True, exist_ok=True)
         if figures:
             result.files += steps.run("figures", _figures, ds, stats, score_arrays, correlation,
-                                      folder)
+                                      tables, folder)
         from .data import atomic_file, write_atomic
 
         def write():

@@ -198,3 +198,18 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open_atomic(path, "wb") as fh:
         np.savez_compressed(fh, **arrays)
+
+
+def parse_target(text):
+    """``--target``: None, an output position ("0") or a named read-out ("mean", "patches")."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    from attnkit.readout import READOUTS
+
+    if text not in READOUTS:
+        raise UserError(f"--target: expected an output position (e.g. 0) or one of {READOUTS}, "
+                        f"got {text!r}. Fix: e.g. --target mean")
+    return text

@@ -7,7 +7,7 @@ import click
 
 from attnkit.constants import CORRELATION_METHODS, SCORE_KINDS
 
-from ._common import DatasetPath, emit, format_option, quiet_option, user_errors
+from ._common import DatasetPath, emit, format_option, parse_target, quiet_option, user_errors
 
 
 def _print_tables(tables: dict, fmt: str) -> None:
@@ -18,6 +18,13 @@ def _print_tables(tables: dict, fmt: str) -> None:
         return
     click.echo("\nhead statistics per layer (means over samples and heads)")
     emit(tables["layers"], fmt)
+    if tables.get("primary"):
+        click.echo(f"\nprimary contrast (pre-specified; scores read at {tables['target']})")
+        emit(tables["primary"], fmt)
+    if tables.get("secondary"):
+        click.echo("\nevery score at the last layer (Holm-adjusted p; controls: random, "
+                   "position, length)")
+        emit(tables["secondary"], fmt)
     correlation = tables.get("correlation") or []
     for method in sorted({r["method"] for r in correlation}):
         for impact in sorted({r["impact"] for r in correlation}):
@@ -52,6 +59,9 @@ def _print_tables(tables: dict, fmt: str) -> None:
 @click.option("--score", "scores", multiple=True,
               type=click.Choice(SCORE_KINDS),
               help="Scores to correlate with impact (repeatable; default all available).")
+@click.option("--target", default=None, metavar="TARGET",
+              help="The output the attention scores explain: an output position (0 = [CLS]), "
+                   "'mean' or 'patches' (default: the dataset's readout attr, MiniLM 'mean').")
 @click.option("--attribution", "attributions", multiple=True,
               help="Stored attribution methods to correlate too (repeatable; default all the "
                    "dataset holds, see attnkit attribute).")
@@ -64,8 +74,8 @@ def _print_tables(tables: dict, fmt: str) -> None:
 @format_option(help="How to print the tables.")
 @quiet_option
 @user_errors
-def analyze(file, output, quick, scores, attributions, methods, no_equivariance, no_figures, seed,
-            fmt, quiet):
+def analyze(file, output, quick, scores, target, attributions, methods, no_equivariance,
+            no_figures, seed, fmt, quiet):
     """Analyse an attention dataset: statistics, rollout, flow, equivariance, correlations.
 
     FILE is a dataset path or a shipped dataset's name (`attnkit datasets`
@@ -93,7 +103,7 @@ def analyze(file, output, quick, scores, attributions, methods, no_equivariance,
 
     result = run_analysis(
         file, output, quick=quick, scores=scores or SCORE_KINDS,
-        attributions=attributions or None,
+        attributions=attributions or None, target=parse_target(target),
         methods=methods or ("spearman", "kendall"), seed=seed,
         equivariance=not no_equivariance, figures=not no_figures, progress=progress)
     if quiet:

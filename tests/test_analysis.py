@@ -28,7 +28,10 @@ def test_analyze_tables_and_results(with_impact):
     res = analyze(with_impact, equivariance=False, figures=False, methods=("spearman",),
                   n_boot=200)
     rows = res.tables["correlation"]
-    assert {r["score"] for r in rows} == {"raw", "rollout", "flow", "grad"}
+    assert {r["score"] for r in rows} == {"raw", "rollout", "flow", "grad",
+                                          "random", "position", "length"}
+    # controls are scored at the last layer only
+    assert {r["layer"] for r in rows if r["score"] in ("random", "position", "length")} == {3}
     assert {r["impact"] for r in rows} == {"delete", "mask"}
     top = {r["score"]: r for r in rows if r["layer"] == 3 and r["impact"] == "delete"}
     # impact was built from rollout: rollout correlates strongly, noise-only impact does not
@@ -36,6 +39,12 @@ def test_analyze_tables_and_results(with_impact):
     assert top["rollout"]["ci_low"] <= top["rollout"]["statistic"] <= top["rollout"]["ci_high"]
     noise = [r for r in rows if r["impact"] == "mask" and r["score"] == "rollout"]
     assert all(abs(r["statistic"]) < 0.5 for r in noise)
+    primary, = res.tables["primary"]  # impact follows rollout, so rollout beats raw
+    assert primary["rollout"] > 0.8 and primary["difference"] > 0 and primary["ci_low"] > 0
+    secondary = {r["score"]: r for r in res.tables["secondary"]}
+    assert secondary["rollout"]["statistic"] == pytest.approx(top["rollout"]["statistic"])
+    assert all(r["p_holm"] >= r["p_wilcoxon"] for r in secondary.values())
+    assert abs(secondary["random"]["statistic"]) < 0.5
     paired = res.tables["paired"]
     assert len(paired) == 4 * 2
     st = ak.head_stats(with_impact)
@@ -50,7 +59,8 @@ def test_analyze_writes_report_results_and_figures(with_impact, tmp_path):
                   methods=("kendall",))
     names = sorted(p.name for p in res.files)
     assert names == sorted(["head_grid.png", "head_stats.png", "special_tokens.png", "rollout.png",
-                            "flow.png", "correlation_kendall.png", "analysis.nc", "report.md"])
+                            "flow.png", "correlation_kendall.png", "scores_last_layer.png",
+                            "analysis.nc", "report.md"])
     for path in res.files:
         assert path.stat().st_size > 1000
     report = (tmp_path / "out" / "report.md").read_text()

@@ -22,6 +22,9 @@ Every public name is re-exported here (``attnkit.plot.<name>``); the modules are
   :func:`special_token_plot`;
 * :mod:`~attnkit.plot.correlation` -- correlation with ablation:
   :func:`correlation_plot` (:func:`correlation_table`);
+* :mod:`~attnkit.plot.evaluation` -- the faithfulness study: :func:`score_forest`
+  (scores against controls), :func:`faithfulness_plot` (AOPC),
+  :func:`perturbation_plot` (curves);
 * :mod:`~attnkit.plot.performance` -- benchmark results: :func:`throughput_plot`,
   :func:`memory_plot`, :func:`cost_plot` (:func:`load_results`);
 * :mod:`~attnkit.plot.dataset` -- :func:`plot_dataset` (behind ``ds.attn.plot(kind=...)``);
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 from .correlation import correlation_plot, correlation_table
 from .dataset import KINDS, plot_dataset
+from .evaluation import faithfulness_plot, perturbation_plot, score_forest
 from .heads import head_grid
 from .matrices import alignment, flow_map, heatmap, matrix_map, rollout_map
 from .patches import image_panel, patch_overlay, sink_figure
@@ -52,6 +56,9 @@ from .stats import head_stats_plot, special_token_plot
 from .tokens import cls_bar, token_scores
 
 __all__ = [
+    "score_forest",
+    "faithfulness_plot",
+    "perturbation_plot",
     "heatmap",
     "head_grid",
     "alignment",
