@@ -15,6 +15,8 @@ __all__ = ["build_paper", "referenced_figures", "PAPER_DATASET"]
 
 #: The real dataset the paper's analysis runs on, relative to the repository root.
 PAPER_DATASET = Path("datasets") / "minilm" / "minilm.nc"
+#: The shipped datasets `attnkit evaluate` runs on for the paper, by the suffix of their files.
+EVALUATION_DATASETS = {"text": "minilm", "images": "vision"}
 _PERF_FIGURES = ("throughput.png", "memory.png", "attention_cost.png")
 
 
@@ -52,9 +54,32 @@ def _performance_figures(results: Path, figures: Path) -> list[Path]:
     return made
 
 
+def _evaluations(root: Path, figures: Path, results: Path, quick: bool, progress) -> list[Path]:
+    """`attnkit evaluate` on the shipped text and images: figures NAME_{text,images}.png and
+    results/evaluation_{text,images}.{nc,md}."""
+    import shutil
+
+    from .data import shipped
+    from .evaluation import evaluate
+
+    written = []
+    for tag, name in EVALUATION_DATASETS.items():
+        scratch = figures / f".evaluate_{tag}"
+        res = evaluate(shipped.path(name), scratch, quick=quick, progress=progress)
+        for path in res.files:
+            if path.suffix == ".png":
+                target = figures / f"{path.stem}_{tag}.png"
+            else:
+                target = results / f"evaluation_{tag}{path.suffix}"
+            os.replace(path, target)
+            written.append(target)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return written
+
+
 def build_paper(root=".", *, dataset=None, quick: bool = False, equivariance: bool = True,
-                progress=None) -> list[Path]:
-    """Write paper/figures/* and paper/results/analysis.{nc,md} under ``root``.
+                evaluation: bool = True, progress=None) -> list[Path]:
+    """Write paper/figures/* and paper/results/{analysis,evaluation_*}.{nc,md} under ``root``.
 
     Parameters
     ----------
@@ -66,6 +91,10 @@ def build_paper(root=".", *, dataset=None, quick: bool = False, equivariance: bo
         Analyse only a few samples (for tests; the numbers are then not the paper's).
     equivariance : bool
         Run the equivariance checks (tables only; no figure depends on them).
+    evaluation : bool
+        Run `attnkit evaluate` on the shipped MiniLM sentences and images
+        (faithfulness, perturbation curves, randomisation; about 15 minutes on
+        two cores, seconds with ``quick``).
     progress : callable, optional
         Called with a line of text per step.
 
@@ -92,6 +121,8 @@ def build_paper(root=".", *, dataset=None, quick: bool = False, equivariance: bo
     for name, target in (("analysis.nc", "analysis.nc"), ("report.md", "analysis.md")):
         os.replace(figures / name, results / target)
         written.append(results / target)
+    if evaluation:
+        written += _evaluations(root, figures, results, quick, progress)
     if progress:
         progress("performance figures from paper/results/*.json")
     written += _performance_figures(results, figures)

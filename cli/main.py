@@ -24,6 +24,8 @@ COMMANDS = {
     "flow": ("attnkit_cli.interpret", "flow", "Attention flow (exact max-flow) of a dataset."),
     "correlate": ("attnkit_cli.correlate", "correlate",
                   "Correlate attention scores with leave-one-out impact, per layer."),
+    "evaluate": ("attnkit_cli.evaluate", "evaluate",
+                 "Faithfulness (AOPC, perturbation curves) and the randomisation check."),
     "equivariance": ("attnkit_cli.equivariance", "equivariance",
                      "Check which attention functions are permutation equivariant."),
     "compute": ("attnkit_cli.compute", "compute",
