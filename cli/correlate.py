@@ -19,6 +19,7 @@ from ._common import (
     file_argument,
     format_option,
     open_atomic,
+    parse_target,
     quiet_option,
     residual_option,
     seed_option,
@@ -26,10 +27,11 @@ from ._common import (
 )
 
 SCORE_HELP = {
-    "raw": "attention from [CLS] (query 0) to each key at the layer, mean over heads",
-    "rollout": "row 0 of attention rollout over layers 0..layer",
-    "flow": "attention flow from the [CLS] output node at the layer to each input",
-    "grad": "row 0 of gradient-weighted rollout over layers 0..layer (needs `gradient`)",
+    "raw": "attention from the read-out (--target) to each key at the layer, mean over heads",
+    "rollout": "the read-out's row of attention rollout over layers 0..layer",
+    "flow": "attention flow from the read-out's output nodes at the layer to each input",
+    "grad": "the read-out's row of gradient-weighted rollout over layers 0..layer (needs "
+            "`gradient`)",
 }
 OUTPUT_SUFFIXES = (".csv", ".nc", ".zarr")
 ADJUST_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
@@ -165,6 +167,10 @@ def _write(result, rows, path: Path) -> None:
               show_default=True,
               help="Attention score per position (repeat for several): "
                    + "; ".join(f"{k}: {v}" for k, v in SCORE_HELP.items()) + ".")
+@click.option("--target", default=None, metavar="TARGET",
+              help="The output the scores explain: an output position (0 = [CLS]), 'mean' or "
+                   "'patches' (default: the dataset's readout attr, MiniLM 'mean', "
+                   "SaliencyViT 'patches'; [CLS] where it has none).")
 @click.option("--layer", "layer_spec", default="all", show_default=True, metavar="LAYERS",
               help="Layers (0-based): 'all', '5', '0,2,5', '3-5', '-1' for the last.")
 @click.option("--method", type=click.Choice(CORRELATION_METHODS),
@@ -210,7 +216,7 @@ def _write(result, rows, path: Path) -> None:
 @format_option
 @quiet_option
 @user_errors
-def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, residual, ci, alpha,
+def correlate(file, scores, target, layer_spec, method, impacts, versus, keep_special, residual, ci, alpha,
               n_boot, controls, pvalue_method, groups_var, adjust, seed, output, fmt, quiet):
     """Correlate attention scores with leave-one-out impact, layer by layer.
 
@@ -262,7 +268,8 @@ def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, r
                         f"--method spearman or pearson")
     groups = None if groups_var is None else _groups(ds, groups_var)
     extra = {"pvalue_method": pvalue_method, "control": control or None, "groups": groups}
-    score_da = {s: ak.attention_scores(ds, s, layers=layers, residual=residual)
+    read_out = parse_target(target)
+    score_da = {s: ak.attention_scores(ds, s, target=read_out, layers=layers, residual=residual)
                 for s in scores}
     per_impact, rows = [], []
     for impact_name in chosen:
@@ -304,7 +311,9 @@ def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, r
         per_impact.append(xr.concat(parts, dim="score", **_CONCAT).expand_dims(
             impact=[impact_name]))
     result = xr.concat(per_impact, dim="impact", **_CONCAT)
-    result.attrs.update({"source_file": os.path.basename(str(file)), "exclude_special":
+    result.attrs.update({"source_file": os.path.basename(str(file)),
+                         "target": str(score_da[scores[0]].attrs.get("target", "")),
+                         "exclude_special":
                          int(exclude is not None), "residual": float(residual),
                          "model": str(ds.attrs.get("model", ""))})
     if adjust != "none":
@@ -319,7 +328,8 @@ def correlate(file, scores, layer_spec, method, impacts, versus, keep_special, r
         boot = "bootstrap CI" if groups is None else \
             f"CI from a cluster bootstrap over the groups of {groups_var}"
         click.echo(f"{partial[0].upper()}{partial[1:]} between attention scores and leave-one-out "
-                   f"impact, per sample over its tokens{' except [CLS]/[SEP]' if exclude else ''}; "
+                   f"impact (scores read at {result.attrs['target']}), per sample over its "
+                   f"tokens{' except [CLS]/[SEP]' if exclude else ''}; "
                    f"mean over {ds.sizes['sample']} samples with {ci:.0%} {boot} (n_boot "
                    f"{n_boot}, seed {seed}); significant = fraction of samples with p < {alpha:g} "
                    f"({pvalue_method} p-values)"

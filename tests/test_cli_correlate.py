@@ -276,3 +276,22 @@ def test_control_kind_from_baseline_scores(controlled, tmp_path):
     assert_allclose(a["statistic"].values, b["statistic"].values, rtol=1e-12, equal_nan=True)
     a.close()
     b.close()
+
+
+def test_target_reads_scores_at_the_chosen_output(dataset, tmp_path):
+    path, ds = dataset
+    out = {}
+    for target in ("0", "mean"):
+        result = run("correlate", path, "--method", "spearman", "--impact", "delete",
+                     "--layer", "1", "--n-boot", "50", "--target", target, "--format", "csv")
+        assert result.exit_code == 0, result.output
+        out[target] = float(list(csv.DictReader(result.output.splitlines()))[0]["mean"])
+    for target, expected in (("0", 0), ("mean", "mean")):
+        score = ak.attention_scores(ds, "raw", target=expected, layers=[1])
+        ref = ak.correlate(score, ds.impact.isel(method=0).drop_vars("method"),
+                           method="spearman", n_boot=50, exclude="special",
+                           lengths=xr.DataArray(ds.length.values, dims="sample"))
+        assert out[target] == pytest.approx(float(ref.mean_statistic[0]), abs=5e-4)
+    assert out["0"] > 0.9 > out["mean"]  # the impact was planted on [CLS]'s row
+    result = run("correlate", path, "--target", "middle")
+    assert_user_error(result, "--target", "mean", "Fix:")
