@@ -303,16 +303,33 @@ def _figures(ds, stats, scores, correlation, tables, folder: Path) -> list[Path]
     return made
 
 
+def _cell(value) -> str:
+    """A table cell: floats to 3 decimals, or 3 significant digits when that would hide
+    them (p-values, tolerances, rounding errors)."""
+    if not isinstance(value, float):
+        return str(value)
+    if value == 0 or not np.isfinite(value) or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.3f}"
+    return f"{value:.3g}"
+
+
 def markdown_table(rows) -> str:
-    """Rows of dicts as a Markdown table: floats to 3 decimals, columns in order
-    of first appearance, blank where a row lacks one."""
+    """Rows of dicts as a Markdown table: floats to 3 decimals (3 significant digits
+    below 0.001), columns in order of first appearance, blank where a row lacks one.
+
+    Examples
+    --------
+    >>> print(markdown_table([{"score": "raw", "rho": 0.6769, "p": 4.97e-46}]), end="")
+    | score | rho | p |
+    |---|---|---|
+    | raw | 0.677 | 4.97e-46 |
+    """
     if not rows:
         return "(none)\n"
     cols = list(dict.fromkeys(c for r in rows for c in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float)
-                                       else str(r.get(c, "")) for c in cols) + " |")
+        lines.append("| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -79,8 +79,12 @@ def test_compute_gradients_then_attribute_then_analyze(model, sentences, tmp_pat
 
     tables = json.loads(result.stdout)
     scores = {r["score"] for r in tables["correlation"]}
-    assert scores == {"raw", "rollout", "flow", "grad", "input_x_gradient",
-                      "integrated_gradients", "grad_rollout"}
+    # read at MiniLM's mean read-out, plus the [CLS] readings and the model-free controls;
+    # the stored grad_rollout attribution is `grad` at the last layer, so it is not repeated
+    assert scores == {"raw", "rollout", "flow", "grad", "raw_cls", "rollout_cls", "flow_cls",
+                      "input_x_gradient", "integrated_gradients", "random", "position",
+                      "length"}
+    assert tables["primary"][0]["n_instances"] > 0
     # attributions explain the whole model: one row each, at the last layer
     ig = [r for r in tables["correlation"] if r["score"] == "integrated_gradients"]
     assert [r["layer"] for r in ig] == [5]

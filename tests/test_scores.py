@@ -167,3 +167,23 @@ def test_flow_from_a_super_source_matches_networkx(ds, target):
     if target == 2:  # one position: Abnar & Zuidema's flow from that output node
         want = ak.attention_flow(ds, sources=[2], residual=0.4).values[:, 2]
         np.testing.assert_allclose(s.values[:, -1], want, atol=1e-12)
+
+
+def test_cls_flow_on_minilm_is_the_first_layers_cls_row_up_to_an_affine_map():
+    """paper.md and README: on the shipped MiniLM sentences, flow from [CLS] at the last layer
+    is a constant plus a multiple of layer 0's [CLS] row (254 of 270 sentences), so its
+    ranking says nothing about flow as a method; the read-out's super-source flow is not."""
+    ds = ak.datasets.open("minilm").isel(sample=slice(0, 60))
+    layer0 = ak.attention_scores(ds, "raw", target=0, layers=[0]).values[:, 0]
+    affine = {}
+    for target in (0, "mean"):
+        flow = ak.attention_scores(ds, "flow", target=target, layers=[-1]).values[:, 0]
+        hits = 0
+        for s, n in enumerate(ds.length.values):
+            x, y = layer0[s, 1:n], flow[s, 1:n]
+            design = np.c_[np.ones_like(x), x]
+            coef = np.linalg.lstsq(design, y, rcond=None)[0]
+            hits += np.abs(design @ coef - y).max() < 1e-9
+        affine[target] = hits / ds.sizes["sample"]
+    assert affine[0] > 0.85, affine
+    assert affine["mean"] < 0.1
