@@ -388,6 +388,8 @@ def _figures(tables, curves, modality, folder: Path) -> list[Path]:
         for (name, mode), res in curves.items():
             panel = panels.setdefault(f"{mode}, most relevant first", {})
             panel[name] = (res["fraction"].values, np.nanmean(res["similarity"].values, axis=0))
-        save(plot.perturbation_plot(panels, title="Perturbation curves (mean over images)"),
+        unit = "patches" if modality == "image" else "tokens"
+        save(plot.perturbation_plot(panels, controls=CONTROLS, xlabel=f"fraction of {unit}",
+                                    title="Perturbation curves (mean over samples)"),
              "perturbation.png")
     return made

@@ -46,9 +46,10 @@ def evaluate(file, output, samples, quick, no_randomized, no_figures, batch_size
     FILE is a dataset made by a built-in model (default: the shipped MiniLM
     dataset; `vision` for the shipped images), with leave-one-out `impact`.
     Every score is read at the last layer and the model's read-out. Writes
-    evaluation.nc, evaluation.md and figures into the output folder. On the
-    shipped MiniLM dataset (270 sentences) this takes several minutes on two
-    cores (see docs/faithfulness.md); --samples N or --quick make it shorter.
+    evaluation.nc, evaluation.md and figures into the output folder. On two
+    cores the shipped MiniLM dataset (270 sentences) takes about 85 s (140 s
+    the first time, while Numba compiles) and the shipped images about 130 s
+    (docs/faithfulness.md); --samples N or --quick make it shorter.
 
     \b
     Example:

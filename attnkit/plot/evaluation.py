@@ -137,7 +137,12 @@ def faithfulness_plot(rows, *, controls=(), title=None, fig=None):
     return fig
 
 
-def perturbation_plot(curves, *, title=None, ylabel="cosine similarity to the full output",
+#: Line colours of control scores in perturbation plots (dark to light grey).
+CONTROL_GREYS = ("#555555", "#999999", "#bbbbbb")
+
+
+def perturbation_plot(curves, *, controls=(), title=None,
+                      ylabel="cosine similarity to the full output", xlabel="fraction of tokens",
                       fig=None):
     """Mean perturbation curves, one line per score, one panel per curve kind.
 
@@ -146,7 +151,9 @@ def perturbation_plot(curves, *, title=None, ylabel="cosine similarity to the fu
     curves : dict of str to dict of str to (fractions, mean similarity)
         ``{panel: {score: (fractions, values)}}``, e.g. panels "deletion,
         most first" and "insertion, most first".
-    title, ylabel : str, optional
+    controls : sequence of str
+        Scores drawn as dashed grey lines (baselines that need no model).
+    title, ylabel, xlabel : str, optional
     fig : matplotlib.figure.Figure, optional
 
     Returns
@@ -166,11 +173,17 @@ def perturbation_plot(curves, *, title=None, ylabel="cosine similarity to the fu
     fig = new_figure((4.2 * len(panels), 3.4), fig)
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, panel in zip(axes, panels):
-        for k, (score, (x, y)) in enumerate(curves[panel].items()):
-            ax.plot(x, y, marker="o", markersize=3, linewidth=1.3,
-                    color=CATEGORICAL[k % len(CATEGORICAL)], label=score)
+        methods = [score for score in curves[panel] if score not in controls]
+        for score, (x, y) in curves[panel].items():
+            if score in controls:
+                grey = CONTROL_GREYS[list(controls).index(score) % len(CONTROL_GREYS)]
+                style = {"color": grey, "linestyle": "--", "marker": "s"}
+            else:
+                k = methods.index(score)
+                style = {"color": CATEGORICAL[k % len(CATEGORICAL)], "marker": "o"}
+            ax.plot(x, y, markersize=3, linewidth=1.3, label=score, **style)
         ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("fraction of tokens")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
