@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["build_paper", "referenced_figures", "PAPER_DATASET"]
+__all__ = ["build_paper", "referenced_figures", "without_timings", "PAPER_DATASET"]
 
 #: The real dataset the paper's analysis runs on, relative to the repository root.
 PAPER_DATASET = Path("datasets") / "minilm" / "minilm.nc"
@@ -54,6 +54,34 @@ def _performance_figures(results: Path, figures: Path) -> list[Path]:
     return made
 
 
+TIMINGS_HEADING = "## Time per step"
+
+
+def without_timings(text: str) -> str:
+    r"""A report without its "Time per step" section, so that the paper's tables are the
+    same bytes on every run (the timings stay in the reports of `attnkit analyze` and
+    `attnkit evaluate`).
+
+    Examples
+    --------
+    >>> without_timings("# r\n\n## A\n\nx\n\n## Time per step (s)\n\n| s |\n\n## B\n")
+    '# r\n\n## A\n\nx\n\n## B\n'
+    """
+    start = text.find(TIMINGS_HEADING)
+    if start < 0:
+        return text
+    end = text.find("\n## ", start + len(TIMINGS_HEADING))
+    return text[:start] + ("" if end < 0 else text[end + 1:])
+
+
+def _move_report(source: Path, target: Path) -> Path:
+    """Move a report into paper/results/, without timings when it is Markdown."""
+    if source.suffix == ".md":
+        source.write_text(without_timings(source.read_text(encoding="utf-8")), encoding="utf-8")
+    os.replace(source, target)
+    return target
+
+
 def _evaluations(root: Path, figures: Path, results: Path, quick: bool, progress) -> list[Path]:
     """`attnkit evaluate` on the shipped text and images: figures NAME_{text,images}.png and
     results/evaluation_{text,images}.{nc,md}."""
@@ -69,9 +97,9 @@ def _evaluations(root: Path, figures: Path, results: Path, quick: bool, progress
         for path in res.files:
             if path.suffix == ".png":
                 target = figures / f"{path.stem}_{tag}.png"
+                os.replace(path, target)
             else:
-                target = results / f"evaluation_{tag}{path.suffix}"
-            os.replace(path, target)
+                target = _move_report(path, results / f"evaluation_{tag}{path.suffix}")
             written.append(target)
         shutil.rmtree(scratch, ignore_errors=True)
     return written
@@ -119,8 +147,7 @@ def build_paper(root=".", *, dataset=None, quick: bool = False, equivariance: bo
     analysis = analyze(dataset, figures, quick=quick, equivariance=equivariance, progress=progress)
     written = [p for p in analysis.files if p.suffix == ".png"]
     for name, target in (("analysis.nc", "analysis.nc"), ("report.md", "analysis.md")):
-        os.replace(figures / name, results / target)
-        written.append(results / target)
+        written.append(_move_report(figures / name, results / target))
     if evaluation:
         written += _evaluations(root, figures, results, quick, progress)
     if progress:
