@@ -238,6 +238,41 @@ def kendall_exact_pvalue(n, c, factorial):
     return min(max(prob, 0.0), 1.0)
 
 
+@njit(cache=True, nogil=True)
+def _kendall_counts(a, b, m, idx, tmp, av, bv):
+    """The pair counts of Kendall's tau-b of a[:m], b[:m] (Knight's O(m log m) algorithm).
+
+    Returns ``(tot, xtie, x0, x1, ytie, y0, y1, ntie, dis)``: all pairs, pairs tied in
+    ``a`` and the two tie terms of the variance (:func:`_tie_sums`), the same for ``b``,
+    pairs tied in both, and discordant pairs. ``idx``, ``tmp`` are int scratch and
+    ``av``, ``bv`` float scratch of at least ``m``.
+    """
+    argsort_pairs(a, b, m, idx, tmp)
+    # ties in a and joint ties in (a, b): runs in the (a, b) order
+    for i in range(m):
+        av[i] = a[idx[i]]
+    xtie, x0, x1 = _tie_sums(av, m)
+    ntie = 0
+    start = 0
+    for i in range(1, m + 1):
+        if i == m or a[idx[i]] != a[idx[start]] or b[idx[i]] != b[idx[start]]:
+            t = i - start
+            ntie += t * (t - 1) // 2
+            start = i
+    for i in range(m):
+        av[i] = b[idx[i]]
+    dis = count_inversions(av, m, bv)  # av is now sorted
+    ytie, y0, y1 = _tie_sums(av, m)
+    return m * (m - 1) // 2, xtie, x0, x1, ytie, y0, y1, ntie, dis
+
+
+@njit(cache=True, nogil=True)
+def _tau_from_counts(tot, xtie, ytie, ntie, dis):
+    """Tau-b from :func:`_kendall_counts`, clipped to [-1, 1] (neither input constant)."""
+    tau = (tot - xtie - ytie + ntie - 2 * dis) / np.sqrt(tot - xtie) / np.sqrt(tot - ytie)
+    return min(1.0, max(-1.0, tau))
+
+
 @njit(cache=True, parallel=True)
 def kendall(x, y, valid, exact_mode, factorial, stat, pexact, z, count):
     """Kendall tau-b per row.
@@ -265,28 +300,12 @@ def kendall(x, y, valid, exact_mode, factorial, stat, pexact, z, count):
             z[r] = np.nan
             if m < 2:
                 continue
-            argsort_pairs(xs, ys, m, idx, tmp)
-            # ties in x and joint ties in (x, y): runs in the (x, y) order
-            for i in range(m):
-                yv[i] = xs[idx[i]]
-            xtie, x0, x1 = _tie_sums(yv, m)
-            ntie = 0
-            start = 0
-            for i in range(1, m + 1):
-                if i == m or xs[idx[i]] != xs[idx[start]] or ys[idx[i]] != ys[idx[start]]:
-                    t = i - start
-                    ntie += t * (t - 1) // 2
-                    start = i
-            for i in range(m):
-                yv[i] = ys[idx[i]]
-            dis = count_inversions(yv, m, ftmp)  # yv is now sorted
-            ytie, y0, y1 = _tie_sums(yv, m)
-            tot = m * (m - 1) // 2
+            tot, xtie, x0, x1, ytie, y0, y1, ntie, dis = _kendall_counts(xs, ys, m, idx, tmp,
+                                                                         yv, ftmp)
             if xtie == tot or ytie == tot:
                 continue
             con_minus_dis = tot - xtie - ytie + ntie - 2 * dis
-            tau = con_minus_dis / np.sqrt(tot - xtie) / np.sqrt(tot - ytie)
-            stat[r] = min(1.0, max(-1.0, tau))
+            stat[r] = _tau_from_counts(tot, xtie, ytie, ntie, dis)
             if m == 2:
                 pexact[r] = 1.0
                 continue
@@ -409,28 +428,12 @@ def pearson(x, y, valid, stat, count):
 # ----------------------------------------------------------------------------- partial
 @njit(cache=True, nogil=True, error_model="numpy")
 def _tau_b(a, b, m, idx, tmp, av, bv):
-    """Kendall tau-b of a[:m], b[:m] (Knight's algorithm as in ``kendall``); NaN when
-    either is constant. ``av``, ``bv`` are float scratch of at least ``m``."""
-    argsort_pairs(a, b, m, idx, tmp)
-    for i in range(m):
-        av[i] = a[idx[i]]
-    xtie, _, _ = _tie_sums(av, m)
-    ntie = 0
-    start = 0
-    for i in range(1, m + 1):
-        if i == m or a[idx[i]] != a[idx[start]] or b[idx[i]] != b[idx[start]]:
-            t = i - start
-            ntie += t * (t - 1) // 2
-            start = i
-    for i in range(m):
-        av[i] = b[idx[i]]
-    dis = count_inversions(av, m, bv)
-    ytie, _, _ = _tie_sums(av, m)
-    tot = m * (m - 1) // 2
+    """Kendall tau-b of a[:m], b[:m]; NaN when either is constant. ``av``, ``bv`` are
+    float scratch of at least ``m``."""
+    tot, xtie, _, _, ytie, _, _, ntie, dis = _kendall_counts(a, b, m, idx, tmp, av, bv)
     if xtie == tot or ytie == tot:
         return np.nan
-    tau = (tot - xtie - ytie + ntie - 2 * dis) / np.sqrt(tot - xtie) / np.sqrt(tot - ytie)
-    return min(1.0, max(-1.0, tau))
+    return _tau_from_counts(tot, xtie, ytie, ntie, dis)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
