@@ -37,21 +37,12 @@ def referenced_figures(paper_md) -> list[str]:
 
 
 def _performance_figures(results: Path, figures: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from . import plot
 
-    made = []
+    out = plot.FigureFolder(figures)
     for name, draw in zip(_PERF_FIGURES, (plot.throughput_plot, plot.memory_plot, plot.cost_plot)):
-        fig = draw(str(results))
-        path = figures / name
-        plot.save_figure(fig, path)
-        plt.close(fig)
-        made.append(path)
-    return made
+        out.save(draw(str(results)), name)
+    return out.written
 
 
 TIMINGS_HEADING = "## Time per step"

@@ -243,12 +243,10 @@ def _results_dataset(ds, stats, scores, correlation):
 
 
 def _figures(ds, stats, scores, correlation, tables, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from . import plot
+
+    out = plot.FigureFolder(folder)
+    save = out.save
 
     lengths = ds["length"].values
     # A short sample reads best in the per-token figures.
@@ -257,14 +255,6 @@ def _figures(ds, stats, scores, correlation, tables, folder: Path) -> list[Path]
     length = int(lengths[sample])
     tokens = [str(t) for t in ds["token"].values[sample, :length]] if "token" in ds.variables \
         else None
-    made = []
-
-    def save(fig, name):
-        path = folder / name
-        plot.save_figure(fig, path)
-        plt.close(fig)
-        made.append(path)
-
     save(plot.head_grid(ds, sample=sample), "head_grid.png")
     save(plot.head_stats_plot(stats), "head_stats.png")
     save(plot.special_token_plot(stats), "special_tokens.png")
@@ -300,7 +290,7 @@ def _figures(ds, stats, scores, correlation, tables, folder: Path) -> list[Path]
                                title=f"{row['method'].capitalize()} with {row['impact']} impact, "
                                      f"last layer, read at {tables['target']}"),
              "scores_last_layer.png")
-    return made
+    return out.written
 
 
 def _cell(value) -> str:

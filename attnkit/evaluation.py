@@ -351,21 +351,11 @@ def evaluate(data, output_dir=None, *, model=None, inputs=None, samples=None, qu
 
 
 def _figures(tables, curves, modality, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from . import plot
     from .analysis import CONTROLS
 
-    made = []
-
-    def save(fig, name):
-        path = folder / name
-        plot.save_figure(fig, path)
-        plt.close(fig)
-        made.append(path)
+    out = plot.FigureFolder(folder)
+    save = out.save
 
     save(plot.faithfulness_plot(tables["faithfulness"], controls=CONTROLS,
                                 title=f"Faithfulness of each ranking ({modality})"),
@@ -392,4 +382,4 @@ def _figures(tables, curves, modality, folder: Path) -> list[Path]:
         save(plot.perturbation_plot(panels, controls=CONTROLS, xlabel=f"fraction of {unit}",
                                     title="Perturbation curves (mean over samples)"),
              "perturbation.png")
-    return made
+    return out.written

@@ -28,7 +28,7 @@ Every public name is re-exported here (``attnkit.plot.<name>``); the modules are
 * :mod:`~attnkit.plot.performance` -- benchmark results: :func:`throughput_plot`,
   :func:`memory_plot`, :func:`cost_plot` (:func:`load_results`);
 * :mod:`~attnkit.plot.dataset` -- :func:`plot_dataset` (behind ``ds.attn.plot(kind=...)``);
-* :mod:`~attnkit.plot.save` -- :func:`save_figure`;
+* :mod:`~attnkit.plot.save` -- :func:`save_figure`, :class:`FigureFolder`;
 * :mod:`~attnkit.plot.common` -- what the figures share (figure creation, input
   checks, token ticks, colours).
 
@@ -51,7 +51,7 @@ from .heads import head_grid
 from .matrices import alignment, flow_map, heatmap, matrix_map, rollout_map
 from .patches import image_panel, patch_overlay, sink_figure
 from .performance import cost_plot, load_results, memory_plot, throughput_plot
-from .save import FORMATS, save_figure
+from .save import FORMATS, FigureFolder, save_figure
 from .stats import head_stats_plot, special_token_plot
 from .tokens import cls_bar, token_scores
 
@@ -80,6 +80,7 @@ __all__ = [
     "load_results",
     "plot_dataset",
     "save_figure",
+    "FigureFolder",
     "KINDS",
     "FORMATS",
 ]

@@ -1,4 +1,4 @@
-"""Writing a figure to .png, .pdf or .svg atomically."""
+"""Writing a figure to .png, .pdf or .svg atomically, alone or a folder of them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import errors
 
-__all__ = ["save_figure", "FORMATS"]
+__all__ = ["save_figure", "FigureFolder", "FORMATS"]
 
 #: Suffixes :func:`save_figure` writes.
 FORMATS = (".png", ".pdf", ".svg")
@@ -58,3 +58,52 @@ def save_figure(fig, path, *, dpi=150):
     with atomic_file(path, suffix=suffix) as tmp:
         fig.savefig(tmp, format=suffix[1:], dpi=dpi)
     return path
+
+
+class FigureFolder:
+    """Saves figures into one folder by name, closes each, and lists what it wrote.
+
+    The batch jobs (``attnkit analyze``, ``attnkit evaluate``, ``attnkit paper``)
+    draw many figures in one process: each is written with :func:`save_figure`
+    and closed at once, on the non-interactive Agg backend.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        An existing folder.
+
+    Attributes
+    ----------
+    written : list of pathlib.Path
+        Every file saved, in order.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from attnkit.plot import FigureFolder, heatmap
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     out = FigureFolder(tmp)
+    ...     _ = out.save(heatmap(np.eye(2)), "eye.png")
+    ...     [p.name for p in out.written]
+    ['eye.png']
+    """
+
+    def __init__(self, folder) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot  # noqa: F401  (figures are then pyplot's, and closed by it)
+
+        self.folder = Path(os.fspath(folder))
+        self.written: list[Path] = []
+
+    def save(self, fig, name: str) -> Path:
+        """Write ``fig`` as ``folder / name``, close it, and return the path."""
+        import matplotlib.pyplot as plt
+
+        try:
+            path = save_figure(fig, self.folder / name)
+        finally:
+            plt.close(fig)
+        self.written.append(path)
+        return path
