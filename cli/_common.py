@@ -110,6 +110,15 @@ def seed_option(fn=None, *, help="Bootstrap seed."):
                                     show_default=True, help=help))
 
 
+def step_lines(quiet: bool):
+    """The ``progress`` argument of the batch jobs (analyze, evaluate, paper): a
+    callable that prints each step's line on stderr, or None with --quiet, which
+    also keeps their progress bars off."""
+    if quiet:
+        return None
+    return lambda line: click.echo(line, err=True)
+
+
 def check_output_path(output, suffixes: tuple[str, ...], example: str) -> Path | None:
     """``--output`` as a Path: it must end in one of ``suffixes`` and its folder exist.
 

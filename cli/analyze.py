@@ -7,7 +7,8 @@ import click
 
 from attnkit.constants import CORRELATION_METHODS, SCORE_KINDS
 
-from ._common import DatasetPath, emit, format_option, parse_target, quiet_option, user_errors
+from ._common import (DatasetPath, emit, format_option, parse_target, quiet_option, step_lines,
+                      user_errors)
 
 
 def _print_tables(tables: dict, fmt: str) -> None:
@@ -97,15 +98,12 @@ def analyze(file, output, quick, scores, target, attributions, methods, no_equiv
     if file is None:
         file = str(shipped.path(shipped.DEFAULT))
 
-    def progress(line):
-        if not quiet:
-            click.echo(line, err=True)
-
     result = run_analysis(
         file, output, quick=quick, scores=scores or SCORE_KINDS,
         attributions=attributions or None, target=parse_target(target),
         methods=methods or ("spearman", "kendall"), seed=seed,
-        equivariance=not no_equivariance, figures=not no_figures, progress=progress)
+        equivariance=not no_equivariance, figures=not no_figures,
+        progress=step_lines(quiet))
     if quiet:
         return
     _print_tables(result.tables, fmt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import DatasetPath, emit, format_option, quiet_option, user_errors
+from ._common import DatasetPath, emit, format_option, quiet_option, step_lines, user_errors
 
 
 def _print_tables(tables: dict, fmt: str) -> None:
@@ -62,13 +62,10 @@ def evaluate(file, output, samples, quick, no_randomized, no_figures, batch_size
     if file is None:
         file = str(shipped.path(shipped.DEFAULT))
 
-    def progress(line):
-        if not quiet:
-            click.echo(line, err=True)
-
     result = run_evaluation(file, output, samples=samples, quick=quick,
                             randomized=not no_randomized, figures=not no_figures,
-                            batch_size=batch_size, seed=seed, progress=progress)
+                            batch_size=batch_size, seed=seed,
+                            progress=step_lines(quiet))
     if quiet:
         return
     _print_tables(result.tables, fmt)

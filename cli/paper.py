@@ -6,7 +6,7 @@ import time
 
 import click
 
-from ._common import quiet_option, user_errors
+from ._common import quiet_option, step_lines, user_errors
 
 
 @click.command()
@@ -34,7 +34,7 @@ def paper(root, quick, no_evaluation, quiet):
 
     start = time.perf_counter()
     written = build_paper(root, quick=quick, evaluation=not no_evaluation,
-                          progress=None if quiet else (lambda line: click.echo(line, err=True)))
+                          progress=step_lines(quiet))
     if not quiet:
         for path in written:
             click.echo(f"wrote {path}")

@@ -108,6 +108,7 @@ def test_cli_evaluate(sentences, tmp_path):
                                       "--no-randomized", "--no-figures", "--format", "json",
                                       "--quiet"])
     assert result.exit_code == 0, result.output
+    assert result.output == ""  # --quiet: no step lines and no progress bars
     assert (out / "evaluation.md").exists() and not (out / "faithfulness.png").exists()
     bad = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "missing.nc")])
     assert bad.exit_code != 0 and "missing.nc" in bad.output
